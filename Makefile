@@ -1,0 +1,81 @@
+# sam_tutorial: the two README commands are `make book` and `make test`. Both create a private
+# virtual environment in .venv on first use (torch pinned to the local CPU wheel, then the package
+# with its extras), so a fresh machine with only Python 3 needs no other step.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The exact torch pin lives here only; the package itself states a lower bound (Colab keeps its torch).
+TORCH_PIN ?= torch==2.13.0
+EXTRAS ?= book,test,dev
+STAMP := $(VENV)/.installed-$(shell echo $(TORCH_PIN) $(EXTRAS) | cksum | cut -d' ' -f1)
+STAGE := tools/stage
+JOBS ?= 2
+# Per-cell limit for notebooks in quick mode (the whole quick notebook should take <= 60 s).
+NB_CELL_TIMEOUT ?= 120
+MODE ?= standard
+# Standard-mode builds own _build/ (and its jupyter-cache); any other mode gets its own output folder,
+# because jupyter-cache keys notebooks on their code only and would serve one mode's outputs as another's.
+BOOK_OUT := $(if $(filter standard,$(MODE)),.,_build/mode-$(MODE))
+CHECK_OUT := _build/check
+
+export PATH := $(abspath $(BIN)):$(PATH)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: all setup book test lint unit notebooks book-check clean distclean help
+
+all: test
+
+help:
+	@echo "make book       build the HTML book in _build/html (executes chapters in standard mode, cached)"
+	@echo "make test       ruff, unit tests, notebooks in quick mode, and a -W -n check build of the book"
+	@echo "make setup      only create/update the private environment in $(VENV)"
+	@echo "make clean      remove build outputs and caches (keeps $(VENV)); distclean also removes $(VENV)"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(STAGE) setup "virtual environment in $(VENV)" \
+	  bash -c 'set -e; [ -x "$(BIN)/python" ] || $(PYTHON) -m venv "$(VENV)"; \
+	    "$(BIN)/python" -m pip install --quiet --upgrade pip; \
+	    "$(BIN)/python" -m pip install --quiet "$(TORCH_PIN)"; \
+	    "$(BIN)/python" -m pip install --quiet -e ".[$(EXTRAS)]"; \
+	    rm -f "$(VENV)"/.installed-*; touch "$@"'
+
+book: $(STAMP)
+	@SAM_TUTORIAL_MODE=$(MODE) $(STAGE) book "jupyter-book build ($(MODE) mode)" \
+	  "$(BIN)/jupyter-book" build . --path-output "$(BOOK_OUT)"
+	@$(STAGE) book "check the HTML exists" test -f "$(BOOK_OUT)/_build/html/index.html"
+	@echo "The book is in $(BOOK_OUT)/_build/html/index.html"
+
+test: lint unit notebooks book-check
+	@echo "make test: all stages passed"
+
+lint: $(STAMP)
+	@$(STAGE) test "ruff" "$(BIN)/ruff" check sam_tutorial tests
+
+unit: $(STAMP)
+	@OMP_NUM_THREADS=1 $(STAGE) test "unit tests" "$(BIN)/pytest" -n $(JOBS) -q --doctest-modules sam_tutorial tests
+
+notebooks: $(STAMP)
+	@SAM_TUTORIAL_MODE=quick OMP_NUM_THREADS=1 $(STAGE) --allow-exit 5 test "notebooks (quick mode, nbmake)" \
+	  "$(BIN)/pytest" -n $(JOBS) -q -p no:cacheprovider --nbmake --nbmake-timeout=$(NB_CELL_TIMEOUT) book
+
+# The notebooks were just executed by nbmake; this build checks every page, reference, citation and
+# directive with execution off, in its own folder, so it neither runs them again nor touches the
+# jupyter-cache that `make book` uses.
+book-check: $(STAMP)
+	@mkdir -p "$(CHECK_OUT)"
+	@sed -e 's/^\(  execute_notebooks:\).*/\1 "off"/' _config.yml > "$(CHECK_OUT)/_config.yml"
+	@$(STAGE) test "book check build (-W -n --keep-going, execution off)" \
+	  "$(BIN)/jupyter-book" build . --path-output "$(CHECK_OUT)" --config "$(CHECK_OUT)/_config.yml" \
+	  -W -n --keep-going --all -q
+	@$(STAGE) test "check the HTML exists" test -f "$(CHECK_OUT)/_build/html/index.html"
+
+clean:
+	rm -rf _build .pytest_cache .ruff_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf "$(VENV)"

@@ -1,0 +1,187 @@
+"""Run-time configuration: the mode, the device, seeding, and per-chapter budgets.
+
+The mode sets the scale of every experiment in the book and is read from one environment variable,
+``SAM_TUTORIAL_MODE``; this module is the only place that reads it.
+
+========== ===================== ===============================================================
+mode       used by               budget
+========== ===================== ===============================================================
+quick      CI (nbmake), smoke    each notebook <= 60 s on 2 CPU cores; numbers not meaningful
+standard   ``make book``, Colab  each notebook <= 3 min on 2 CPU cores; results meaningful
+paper      the CLI on a GPU      the paper's configurations (CIFAR, ResNet/WRN, 200 epochs)
+========== ===================== ===============================================================
+
+A chapter declares what each mode means for it once, in its ``parameters`` cell:
+
+>>> import os
+>>> os.environ["SAM_TUTORIAL_MODE"] = "quick"
+>>> b = budget("ch04", quick=dict(epochs=2, seeds=1), standard=dict(epochs=40, seeds=3))
+>>> b.epochs, b.seeds, b.seconds
+(2, 1, 60.0)
+>>> del os.environ["SAM_TUTORIAL_MODE"]
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, get_args
+
+import numpy as np
+import torch
+
+Mode = Literal["quick", "standard", "paper"]
+
+MODES: tuple[str, ...] = get_args(Mode)
+"""The valid values of ``SAM_TUTORIAL_MODE``, smallest scale first."""
+
+DEFAULT_MODE: Mode = "standard"
+MODE_ENV = "SAM_TUTORIAL_MODE"
+DEVICE_ENV = "SAM_TUTORIAL_DEVICE"
+
+NOTEBOOK_SECONDS: Mapping[str, float | None] = MappingProxyType(
+    {"quick": 60.0, "standard": 180.0, "paper": None}
+)
+"""Wall-clock budget of one notebook per mode on 2 CPU cores (``None``: no limit)."""
+
+
+def mode() -> Mode:
+    """Return the current mode, read from ``SAM_TUTORIAL_MODE`` (default ``"standard"``).
+
+    Raises:
+        ValueError: if the variable holds anything but ``quick``, ``standard`` or ``paper``.
+    """
+    value = os.environ.get(MODE_ENV, "").strip().lower()
+    if not value:
+        return DEFAULT_MODE
+    if value not in MODES:
+        raise ValueError(
+            f"{MODE_ENV}={os.environ[MODE_ENV]!r} is not a valid mode; "
+            f"accepted values: {', '.join(MODES)} (unset means {DEFAULT_MODE!r})"
+        )
+    return value  # type: ignore[return-value]
+
+
+def device() -> torch.device:
+    """Return the device experiments run on: ``SAM_TUTORIAL_DEVICE`` if set, else CUDA if available.
+
+    Raises:
+        ValueError: if ``SAM_TUTORIAL_DEVICE`` is not a device string torch understands
+            (e.g. ``cpu``, ``cuda``, ``cuda:1``, ``mps``), or names CUDA on a machine without it.
+    """
+    requested = os.environ.get(DEVICE_ENV, "").strip()
+    if not requested:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(requested)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{DEVICE_ENV}={requested!r} is not a torch device; accepted values look like "
+            "'cpu', 'cuda', 'cuda:0' or 'mps'"
+        ) from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{DEVICE_ENV}={requested!r} but CUDA is not available on this machine")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's, NumPy's and torch's global generators (all devices) with ``seed``.
+
+    Returns a fresh CPU :class:`torch.Generator` seeded with ``seed`` for code that prefers an
+    explicit generator over the global one.
+
+    Raises:
+        ValueError: if ``seed`` is not an integer in ``[0, 2**32)``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+    return torch.Generator().manual_seed(seed)
+
+
+def banner() -> str:
+    """One line naming the mode, the device and the torch version; every notebook prints it.
+
+    >>> banner().startswith("mode=")
+    True
+    """
+    return f"mode={mode()} device={device()} torch={torch.__version__}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The settings of one chapter for the current mode; knobs are read as attributes.
+
+    Attributes:
+        chapter: the chapter's name, e.g. ``"ch04"``.
+        mode: the mode the settings were chosen for.
+        seconds: the notebook's wall-clock budget in that mode (``None``: unlimited).
+        knobs: the chapter's settings for that mode (epochs, seeds, sizes, ...).
+    """
+
+    chapter: str
+    mode: Mode
+    seconds: float | None
+    knobs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        knobs = object.__getattribute__(self, "knobs")
+        if name in knobs:
+            return knobs[name]
+        raise AttributeError(
+            f"budget {self.chapter!r} has no setting {name!r}; it has: {', '.join(sorted(knobs))}"
+        )
+
+
+def budget(
+    chapter: str,
+    *,
+    quick: Mapping[str, Any],
+    standard: Mapping[str, Any],
+    paper: Mapping[str, Any] | None = None,
+    current: Mode | None = None,
+) -> Budget:
+    """Choose a chapter's settings for the current mode.
+
+    Every mode must define the same settings, so that a notebook cannot work in one mode and fail
+    with a missing name in another. ``paper`` defaults to ``standard`` (on a GPU the standard mode
+    runs faster, not bigger).
+
+    Args:
+        chapter: the chapter's name (used in messages).
+        quick: settings for CI (``quick`` mode).
+        standard: settings for the built book and for readers.
+        paper: settings for the paper's scale; defaults to ``standard``.
+        current: the mode to choose for; defaults to :func:`mode`.
+
+    Raises:
+        ValueError: if the modes do not define the same settings, or ``current`` is not a mode.
+    """
+    per_mode: dict[str, Mapping[str, Any]] = {
+        "quick": quick,
+        "standard": standard,
+        "paper": standard if paper is None else paper,
+    }
+    keys = set(standard)
+    for name, knobs in per_mode.items():
+        if set(knobs) != keys:
+            missing, extra = sorted(keys - set(knobs)), sorted(set(knobs) - keys)
+            raise ValueError(
+                f"budget {chapter!r}: mode {name!r} must define the same settings as 'standard' "
+                f"(missing: {missing}, extra: {extra})"
+            )
+    chosen = mode() if current is None else current
+    if chosen not in MODES:
+        raise ValueError(f"current={chosen!r} is not a mode; accepted values: {', '.join(MODES)}")
+    return Budget(
+        chapter=chapter,
+        mode=chosen,
+        seconds=NOTEBOOK_SECONDS[chosen],
+        knobs=MappingProxyType(dict(per_mode[chosen])),
+    )
