@@ -1,0 +1,246 @@
+"""Behaviour every optimizer of the family shares: skipping non-finite steps, BatchNorm, state_dict,
+param_groups, bad input. Each test runs over SAM, NSAM, MSAM (both backends) and RWSAM."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM
+from sam_tutorial.optim.base import PerturbedOptimizer
+from tests.optim.helpers import CE, assert_params_equal, batch, mlp, sgd
+
+X_ALL, Y_ALL = batch(seed=7, n=32)
+
+FACTORIES: dict[str, Callable[[nn.Module, torch.optim.Optimizer], PerturbedOptimizer]] = {
+    "sam": lambda m, b: SAM(m, b, rho=0.1),
+    "usam": lambda m, b: SAM(m, b, rho=0.1, normalize=False),
+    "nsam": lambda m, b: NSAM(m, b, rho=0.1, data=(X_ALL, Y_ALL), chunk_size=8),
+    "msam-loop": lambda m, b: MSAM(m, b, rho=0.1, m=4, backend="loop"),
+    "msam-vmap": lambda m, b: MSAM(m, b, rho=0.1, m=4, backend="vmap"),
+    "rwsam": lambda m, b: RWSAM(m, b, rho=0.1, lam=2.0, delta=1e-3, seed=3),
+    "sgd": lambda m, b: SAM(m, b, rho=0.0),
+}
+NAMES = list(FACTORIES)
+
+
+def snapshot(model: nn.Module, opt: PerturbedOptimizer) -> dict[str, object]:
+    return {
+        "params": [p.detach().clone() for p in model.parameters()],
+        "buffers": [b.clone() for b in model.buffers()],
+        "state": copy.deepcopy(opt.base.state_dict()),
+    }
+
+
+def assert_same(a: dict[str, object], b: dict[str, object]) -> None:
+    for x, y in zip(a["params"], b["params"]):  # type: ignore[arg-type]
+        assert torch.equal(x, y)
+    for x, y in zip(a["buffers"], b["buffers"]):  # type: ignore[arg-type]
+        assert torch.equal(x, y)
+    sa, sb = a["state"]["state"], b["state"]["state"]  # type: ignore[index]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        for key in sa[k]:
+            assert torch.equal(torch.as_tensor(sa[k][key]), torch.as_tensor(sb[k][key]))
+
+
+class NaNAt:
+    """A loss that is NaN on the given call numbers (counting calls of loss_fn)."""
+
+    def __init__(self, calls: set[int]) -> None:
+        self.calls, self.count = calls, 0
+
+    def __call__(self, out: Tensor, y: Tensor) -> Tensor:
+        self.count += 1
+        losses = CE(out, y)
+        return losses * float("nan") if self.count in self.calls else losses
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("warm", [False, True], ids=["first-step", "after-warm-up"])
+@pytest.mark.parametrize("which", ["first-call", "last-call"])
+def test_nonfinite_loss_skips_the_whole_step(name: str, warm: bool, which: str) -> None:
+    model = mlp(bn=True)
+    opt = FACTORIES[name](model, sgd(model))
+    x, y = batch()
+    if warm:  # the base optimizer's state exists: the skip is decided on the device
+        opt.step(x, y, CE)
+    before = snapshot(model, opt)
+    counting = NaNAt(set())
+    opt.step(x, y, counting)  # count the loss_fn calls of one step
+    calls = counting.count
+    restore_model(model, before)
+    opt.base.load_state_dict(before["state"])  # type: ignore[arg-type]
+    stats = opt.step(x, y, NaNAt({1 if which == "first-call" else calls}))
+    assert bool(stats.skipped)
+    assert_same(before, snapshot(model, opt))
+
+
+def restore_model(model: nn.Module, snap: dict[str, object]) -> None:
+    with torch.no_grad():
+        for p, v in zip(model.parameters(), snap["params"]):  # type: ignore[arg-type]
+            p.copy_(v)
+        for b, v in zip(model.buffers(), snap["buffers"]):  # type: ignore[arg-type]
+            b.copy_(v)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_finite_steps_are_not_skipped(name: str) -> None:
+    model = mlp()
+    opt = FACTORIES[name](model, sgd(model))
+    before = [p.detach().clone() for p in model.parameters()]
+    stats = opt.step(*batch(), CE)
+    assert not bool(stats.skipped)
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.isfinite(t).all() for t in stats)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("nsam", "msam-loop", "msam-vmap")])
+def test_batchnorm_statistics_come_from_the_first_pass_only(name: str) -> None:
+    """After a step, running statistics equal those of one train-mode forward at w (exactly)."""
+    model = mlp(bn=True)
+    reference = copy.deepcopy(model)
+    x, y = batch()
+    FACTORIES[name](model, sgd(model)).step(x, y, CE)
+    reference(x)
+    for a, b in zip(model.buffers(), reference.buffers()):
+        assert torch.equal(a, b)
+    assert int(model[1].num_batches_tracked) == 1
+
+
+def test_nsam_batchnorm_statistics_come_from_the_data_pass() -> None:
+    model = mlp(bn=True)
+    reference = copy.deepcopy(model)
+    FACTORIES["nsam"](model, sgd(model)).step(*batch(), CE)
+    for start in range(0, 32, 8):  # one update per chunk of `data`
+        reference(X_ALL[start : start + 8])
+    for a, b in zip(model.buffers(), reference.buffers()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dict_resume_continues_identically(name: str) -> None:
+    """Save after 2 steps, restore into fresh objects, take 2 more: same as 4 uninterrupted steps."""
+    def make(seed_model: int = 0) -> tuple[nn.Module, PerturbedOptimizer]:
+        model = mlp(seed_model, bn=True)
+        base = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
+        return model, FACTORIES[name](model, base)
+
+    batches = [batch(seed=s) for s in range(4)]
+    model, opt = make()
+    for x, y in batches:
+        opt.step(x, y, CE)
+
+    first, opt1 = make()
+    for x, y in batches[:2]:
+        opt1.step(x, y, CE)
+    checkpoint = copy.deepcopy({"model": first.state_dict(), "opt": opt1.state_dict()})
+    assert checkpoint["opt"]["base"]["state"], "the base optimizer's moments are in the checkpoint"
+
+    resumed, opt2 = make(seed_model=5)  # different initial weights, overwritten by the checkpoint
+    resumed.load_state_dict(checkpoint["model"])
+    opt2.load_state_dict(checkpoint["opt"])
+    for x, y in batches[2:]:
+        opt2.step(x, y, CE)
+    assert_params_equal(model, resumed)
+
+
+def test_load_state_dict_accepts_a_plain_base_checkpoint_and_rejects_others() -> None:
+    model = mlp()
+    plain = sgd(model)
+    plain.zero_grad()
+    CE(model(batch()[0]), batch()[1]).mean().backward()
+    plain.step()
+    opt = SAM(model, sgd(model), rho=0.1)
+    opt.load_state_dict(plain.state_dict())
+    buf = next(iter(opt.base.state.values()))["momentum_buffer"]
+    assert torch.equal(buf, next(iter(plain.state.values()))["momentum_buffer"])
+    with pytest.raises(ValueError, match="state_dict must come from"):
+        opt.load_state_dict({"weights": 1})
+
+
+def test_param_groups_are_the_base_optimizers_and_schedulers_reach_it() -> None:
+    model = mlp()
+    base = sgd(model, lr=0.4)
+    opt = SAM(model, base, rho=0.1)
+    assert opt.param_groups is base.param_groups and opt.state is base.state
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    opt.step(*batch(), CE)
+    scheduler.step()
+    assert base.param_groups[0]["lr"] == pytest.approx(0.2)
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    extra = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    opt.add_param_group({"params": [extra]})
+    assert base.param_groups[-1]["params"][0] is extra
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_rejected_call_changes_nothing(name: str) -> None:
+    model = mlp(bn=True)
+    opt = FACTORIES[name](model, sgd(model))
+    x, y = batch()
+    opt.step(x, y, CE)
+    before = snapshot(model, opt)
+    grads = [p.grad.clone() for p in model.parameters()]
+    bad_losses = [
+        lambda out, t: CE(out, t).mean(),          # a scalar, not one loss per sample
+        lambda out, t: CE(out, t)[:-1],            # one loss short
+    ]
+    for loss_fn in bad_losses:
+        with pytest.raises(ValueError, match="one loss per sample"):
+            opt.step(x, y, loss_fn)
+    with pytest.raises(ValueError, match="targets has 15 samples but inputs has 16"):
+        opt.step(x, y[:-1], CE)
+    with pytest.raises(ValueError, match="empty batch"):
+        opt.step(x[:0], y[:0], CE)
+    assert_same(before, snapshot(model, opt))
+    for p, g in zip(model.parameters(), grads):
+        assert torch.equal(p.grad, g)
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda m, b: SAM(m, b, rho=-0.1), "rho must be a finite number >= 0"),
+        (lambda m, b: SAM(m, b, rho=float("nan")), "rho must be"),
+        (lambda m, b: SAM(m, torch.optim.SGD, rho=0.1), "base must be a torch.optim.Optimizer"),
+        (lambda m, b: SAM("model", b, rho=0.1), "model must be a torch.nn.Module"),
+        (lambda m, b: MSAM(m, b, rho=0.1, m=0), "m must be an integer >= 1"),
+        (lambda m, b: MSAM(m, b, rho=0.1, m=2, backend="cuda"), "backend must be one of auto, loop"),
+        (lambda m, b: RWSAM(m, b, rho=0.1, lam=-1.0, delta=1e-3), "lam must be a finite number >= 0"),
+        (lambda m, b: RWSAM(m, b, rho=0.1, lam=1.0, delta=0.0), "delta must be a number > 0"),
+        (lambda m, b: RWSAM(m, b, rho=0.1, lam=1.0, delta=1e-3, probe="sobol"),
+         "probe must be one of rademacher, gaussian"),
+        (lambda m, b: RWSAM(m, b, rho=0.1, lam=1.0, delta=1e-3, n_probes=0), "n_probes"),
+        (lambda m, b: NSAM(m, b, rho=0.1, data=(X_ALL, Y_ALL[:5])),
+         "data: targets has 5 samples but inputs has 32"),
+        (lambda m, b: NSAM(m, b, rho=0.1, data=X_ALL), "data must be a pair"),
+        (lambda m, b: NSAM(m, b, rho=0.1, data=(X_ALL, Y_ALL), chunk_size=0), "chunk_size"),
+    ],
+)
+def test_bad_hyper_parameters_are_rejected_by_name(factory, message: str) -> None:
+    model = mlp()
+    with pytest.raises(ValueError, match=message):
+        factory(model, sgd(model))
+
+
+def test_msam_rejects_a_batch_that_m_does_not_divide() -> None:
+    model = mlp()
+    opt = MSAM(model, sgd(model), rho=0.1, m=5)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="m=5 must divide the batch size; got a batch of 16"):
+        opt.step(*batch(), CE)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("name", ["nsam", "msam-loop", "rwsam"])
+def test_only_sam_accepts_a_closure(name: str) -> None:
+    model = mlp()
+    opt = FACTORIES[name](model, sgd(model))
+    with pytest.raises(ValueError, match="only SAM accepts a closure"):
+        opt.step(lambda: torch.zeros(()))

@@ -1,0 +1,96 @@
+"""CUDA-only properties: no host synchronisation in a step, float16 with GradScaler (``make gpu-check``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM
+
+pytestmark = pytest.mark.gpu
+
+CE = nn.CrossEntropyLoss(reduction="none")
+
+
+def _model(bn: bool = True) -> nn.Module:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(32, 64)]
+    if bn:
+        layers.append(nn.BatchNorm1d(64))
+    layers += [nn.ReLU(), nn.Linear(64, 10)]
+    return nn.Sequential(*layers).cuda()
+
+
+def _batch(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator(device="cuda").manual_seed(1)
+    return (torch.randn(n, 32, device="cuda", generator=g),
+            torch.randint(0, 10, (n,), device="cuda", generator=g))
+
+
+FACTORIES = {
+    "sgd": lambda m, b: SAM(m, b, rho=0.0),
+    "sam": lambda m, b: SAM(m, b, rho=0.05),
+    "asam": lambda m, b: SAM(m, b, rho=0.5, adaptive=True),
+    "usam": lambda m, b: SAM(m, b, rho=0.05, normalize=False),
+    "nsam": lambda m, b: NSAM(m, b, rho=0.05, data=_batch(256), chunk_size=128),
+    "msam-loop": lambda m, b: MSAM(m, b, rho=0.05, m=16, backend="loop"),
+    "msam-vmap": lambda m, b: MSAM(m, b, rho=0.05, m=16, backend="vmap"),
+    "rwsam": lambda m, b: RWSAM(m, b, rho=0.05, lam=1.0, delta=1e-3, seed=0),
+}
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_a_step_makes_no_host_synchronisation(name: str) -> None:
+    model = _model()
+    opt = FACTORIES[name](model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    x, y = _batch()
+    opt.step(x, y, CE)  # warm-up: the base optimizer creates its state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            stats = opt.step(x, y, CE)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert not bool(stats.skipped)
+
+
+@pytest.mark.parametrize("name", ["sam", "msam-loop", "msam-vmap", "rwsam"])
+def test_float16_gradscaler_overflow_skips_the_whole_step(name: str) -> None:
+    model = _model()
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**60)  # overflows float16 at once
+    base = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt = FACTORIES[name](model, base)
+    opt.scaler = scaler
+    x, y = _batch()
+    before = [p.detach().clone() for p in model.parameters()]
+    buffers = [b.clone() for b in model.buffers()]
+    with torch.autocast("cuda", dtype=torch.float16):
+        stats = opt.step(x, y, CE)
+    assert bool(stats.skipped)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers()))
+    assert scaler.get_scale() < 2.0**60
+    for _ in range(60):  # the scale backs off until steps go through
+        with torch.autocast("cuda", dtype=torch.float16):
+            stats = opt.step(x, y, CE)
+        if not bool(stats.skipped):
+            break
+    assert not bool(stats.skipped)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_float16_gradscaler_sam_matches_float32_sam_direction() -> None:
+    """The normalised perturbation is scale-invariant: fp16+scaler SAM tracks fp32 SAM closely."""
+    a, b = _model(bn=False), _model(bn=False)
+    x, y = _batch()
+    opt_a = SAM(a, torch.optim.SGD(a.parameters(), lr=0.05), rho=0.05,
+                scaler=torch.amp.GradScaler("cuda", init_scale=2.0**10))
+    opt_b = SAM(b, torch.optim.SGD(b.parameters(), lr=0.05), rho=0.05)
+    for _ in range(3):
+        with torch.autocast("cuda", dtype=torch.float16):
+            opt_a.step(x, y, CE)
+        opt_b.step(x, y, CE)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=5e-3, rtol=0)
