@@ -29,17 +29,33 @@ Engineering choices (see ``shared/reference/sam-implementations.md`` for what ot
   base optimizer has created its state (its first step), that one decision is taken on the host;
 * float16 with :class:`torch.amp.GradScaler`: pass ``scaler=``; both backward passes are scaled, an
   overflow in either pass skips the whole step and lowers the scale.
+
+DistributedDataParallel (pass the DDP-wrapped model): ``scope`` says where the perturbation comes from.
+
+* ``scope="local"`` (default): pass 1, forward *and* backward, runs under ``model.no_sync()``, so each
+  rank perturbs with its own gradient; DDP's bucketed all-reduce runs once, in pass 2. The step is
+  m-SAM with m = the per-rank batch (Foret et al.'s multi-accelerator SAM), one all-reduce per step.
+* ``scope="global"``: pass 1 is synchronised too, so the perturbation uses the all-reduced gradient:
+  SAM on the global batch, two all-reduces per step.
+* A rank whose pass 1 is non-finite makes its descent loss NaN; the all-reduce carries it to every rank
+  and all ranks skip the step together, with no extra collective.
+* BatchNorm: with DDP's default ``broadcast_buffers=True`` every forward starts from rank 0's buffers,
+  and each rank keeps the statistics of its own first pass. ``SyncBatchNorm`` (CUDA only) normalises
+  with global statistics in every pass, also under ``no_sync``: the perturbation stays local but the
+  normalisation is global.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 Inputs = Tensor | tuple[Tensor, ...]
 Targets = Tensor | tuple[Tensor, ...]
@@ -47,6 +63,9 @@ LossFn = Callable[..., Tensor]
 """``loss_fn(outputs, targets) -> Tensor[B]``: one loss per sample (e.g. ``reduction="none"``)."""
 GradPairs = list[tuple[list[Tensor], list[Tensor]]]
 """Per (device, dtype) group: the parameters and their gradients."""
+
+SCOPES = ("local", "global")
+"""Perturbation scopes under DistributedDataParallel."""
 
 EPS = 1e-12
 """Added to ``||g||`` before dividing, as in Foret et al.'s reference code."""
@@ -144,6 +163,8 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         scaler: optional :class:`torch.amp.GradScaler` for float16 training.
         skip_nonfinite: skip the whole step when a loss or gradient is non-finite (default). With
             ``False`` the base optimizer steps on whatever the gradients hold (a little faster).
+        scope: for a ``DistributedDataParallel`` model, where the perturbation comes from:
+            ``"local"`` (default) or ``"global"`` (see the module docstring). Ignored otherwise.
     """
 
     def __init__(
@@ -155,6 +176,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         normalize: bool = True,
         scaler: torch.amp.GradScaler | None = None,
         skip_nonfinite: bool = True,
+        scope: str | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -163,6 +185,8 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 "base must be a torch.optim.Optimizer instance (e.g. torch.optim.SGD(...)), "
                 f"not a class or another SAM-family optimizer; got {base!r}"
             )
+        if scope is not None and scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)} (or None); got {scope!r}")
         if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
             raise ValueError(f"scaler must be a torch.amp.GradScaler or None, got {scaler!r}")
         params = [p for g in base.param_groups for p in g["params"]]
@@ -177,6 +201,8 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         self.normalize = bool(normalize)
         self.scaler = scaler
         self.skip_nonfinite = bool(skip_nonfinite)
+        self.ddp = isinstance(model, DistributedDataParallel)
+        self.scope = (scope or "local") if self.ddp else None
         self._groups: list[_Group] = []
         self._groups_key: tuple[int, ...] = ()
         self._buffers: list[Tensor] = []
@@ -289,6 +315,24 @@ class PerturbedOptimizer(torch.optim.Optimizer):
 
     def backward(self, loss: Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def ascent_context(self) -> AbstractContextManager[Any]:
+        """Wraps pass 1 (forward *and* backward): ``no_sync`` under DDP with ``scope="local"``."""
+        return self.no_sync() if self.scope == "local" else nullcontext()
+
+    def no_sync(self) -> AbstractContextManager[Any]:
+        """``model.no_sync()`` for a DDP model (no gradient all-reduce), a no-op otherwise."""
+        return self.model.no_sync() if self.ddp else nullcontext()
+
+    def poison_unless(self, loss: Tensor, ok: Tensor) -> Tensor:
+        """Under DDP, make the synchronised descent loss NaN where this rank's pass 1 was not finite.
+
+        The all-reduce then carries the NaN to every rank, so all ranks skip the step together without
+        an extra collective.
+        """
+        if not self.ddp:
+            return loss
+        return loss * torch.where(ok, 1.0, float("nan")).to(loss.dtype)
 
     def _plain_step(self, inputs: Inputs, targets: Targets, loss_fn: LossFn, n: int) -> StepStats:
         loss = self.forward_losses(inputs, targets, loss_fn, n).mean()

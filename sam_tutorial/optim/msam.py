@@ -27,7 +27,12 @@ Backends (same arithmetic, equal to float64 round-off; ``StepStats.grad_norm`` a
   k micro-batch statistics (each micro-batch updates its own copy, the copies are averaged). Memory:
   k copies of the gradients and perturbed weights (``vmap_chunk_size`` bounds it). Dropout draws
   different masks per micro-batch.
-* ``"auto"``: ``"vmap"`` on CUDA, ``"loop"`` on the CPU (where the loop is faster for conv nets).
+* ``"auto"``: ``"vmap"`` on CUDA, ``"loop"`` on the CPU (where the loop is faster for conv nets) and
+  under DistributedDataParallel.
+
+Under DistributedDataParallel (``scope="local"`` only) each rank runs m-SAM on its own part of the
+batch and DDP averages the result: exactly single-process m-SAM on the concatenated batch, with one
+gradient all-reduce per step (after the last micro-batch).
 
 References:
     Foret, Kleiner, Mobahi, Neyshabur. Sharpness-Aware Minimization. ICLR 2021 (§4.1, m-sharpness).
@@ -49,6 +54,7 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -91,6 +97,8 @@ class MSAM(PerturbedOptimizer):
         vmap_chunk_size: micro-batches per vectorised call (``None``: all k at once).
         scaler: optional ``torch.amp.GradScaler`` (float16).
         skip_nonfinite: skip the whole step on a non-finite loss or gradient.
+        scope: under ``DistributedDataParallel``, ``"local"`` (default) or ``"global"``; see
+            ``sam_tutorial.optim.base`` (ignored for a model that is not DDP-wrapped).
     """
 
     def __init__(
@@ -105,9 +113,16 @@ class MSAM(PerturbedOptimizer):
         vmap_chunk_size: int | None = None,
         scaler: torch.amp.GradScaler | None = None,
         skip_nonfinite: bool = True,
+        scope: str | None = None,
     ) -> None:
         super().__init__(
-            model, base, rho=rho, normalize=normalize, scaler=scaler, skip_nonfinite=skip_nonfinite
+            model,
+            base,
+            rho=rho,
+            normalize=normalize,
+            scaler=scaler,
+            skip_nonfinite=skip_nonfinite,
+            scope=scope,
         )
         if isinstance(m, bool) or not isinstance(m, int) or m < 1:
             raise ValueError(f"m must be an integer >= 1 (the micro-batch size), got {m!r}")
@@ -117,6 +132,16 @@ class MSAM(PerturbedOptimizer):
             not isinstance(vmap_chunk_size, int) or vmap_chunk_size < 1
         ):
             raise ValueError(f"vmap_chunk_size must be an integer >= 1 or None, got {vmap_chunk_size!r}")
+        if self.ddp and self.scope == "global":
+            raise ValueError(
+                "MSAM under DistributedDataParallel supports scope='local' only: each rank perturbs "
+                "its own micro-batches (m-SAM across GPUs); for the all-reduced perturbation use "
+                "SAM(scope='global')"
+            )
+        if self.ddp and backend == "vmap":
+            raise ValueError(
+                "backend='vmap' does not run under DistributedDataParallel; use 'loop' or 'auto'"
+            )
         self.m = m
         self.backend = backend
         self.vmap_chunk_size = vmap_chunk_size
@@ -125,7 +150,7 @@ class MSAM(PerturbedOptimizer):
         """The backend a step on ``device`` uses (``"auto"``: vmap on CUDA, loop elsewhere)."""
         if self.backend != "auto":
             return self.backend
-        return "vmap" if device.type == "cuda" else "loop"
+        return "vmap" if device.type == "cuda" and not self.ddp else "loop"
 
     def _check_batch(self, n: int) -> None:
         if n % self.m:
@@ -148,19 +173,24 @@ class MSAM(PerturbedOptimizer):
         params = self.flat_params()
         self.save_weights()
         losses, losses2, gnorms = [], [], []
+        ok = torch.ones((), dtype=torch.bool, device=as_tuple(inputs)[0].device)
         for j in range(k):
             xj, yj = _split(inputs, k, j), _split(targets, k, j)
-            loss = self.forward_losses(xj, yj, loss_fn, self.m).mean()
-            scaled = self.scaler.scale(loss) if self.scaler is not None else loss
-            # autograd.grad keeps the ascent gradient out of .grad, where the descent accumulates.
-            pairs = self.pair_up(torch.autograd.grad(scaled, params, allow_unused=True))
+            with self.no_sync():
+                loss = self.forward_losses(xj, yj, loss_fn, self.m).mean()
+                scaled = self.scaler.scale(loss) if self.scaler is not None else loss
+                # autograd.grad keeps the ascent gradient out of .grad, where the descent accumulates.
+                pairs = self.pair_up(torch.autograd.grad(scaled, params, allow_unused=True))
             gnorm = self.grad_norm(pairs=pairs)
+            ok = ok & torch.isfinite(loss) & torch.isfinite(gnorm)
             self.save_buffers()
             self.perturb(self.perturbation_scale(gnorm), pairs=pairs)
-            loss2 = self.forward_losses(xj, yj, loss_fn, self.m).mean()
-            if j == 0:
-                self.zero_grad()  # the descent gradients accumulate in .grad from here on
-            self.backward(loss2 / k)
+            # DDP: gradients accumulate locally; the last micro-batch's backward all-reduces their sum
+            with self.no_sync() if j < k - 1 else nullcontext():
+                loss2 = self.forward_losses(xj, yj, loss_fn, self.m).mean()
+                if j == 0:
+                    self.zero_grad()  # the descent gradients accumulate in .grad from here on
+                self.backward(self.poison_unless(loss2, ok) / k)
             self.restore_weights()
             self.restore_buffers()
             losses.append(loss.detach())

@@ -13,6 +13,10 @@ i.e. x_{k+1} = x_k − η ∇f_γ(x_k + ρ ∇f(x_k)/‖∇f(x_k)‖). Its SDE d
 Thm 3.4) or ρ‖∇f‖ (n-SAM) and *no* term in tr V, which is why n-SAM brings almost no generalisation
 gain (Andriushchenko & Flammarion, 2022). With ``D`` equal to the batch, n-SAM is SAM.
 
+Under DistributedDataParallel every rank holds its own ``data`` (of the same size on every rank):
+``scope="local"`` perturbs with the rank's own data gradient; ``scope="global"`` with its average over
+ranks (the full-data gradient when ``data`` is each rank's shard of the training set).
+
 BatchNorm: pass 1 over D runs in train mode and updates the running statistics (once per chunk; once
 when ``chunk_size`` is None, as SAM's first pass does); pass 2 never does. ``StepStats.loss`` is the mean
 loss over D at w.
@@ -36,6 +40,8 @@ Example:
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -69,6 +75,8 @@ class NSAM(PerturbedOptimizer):
         chunk_size: samples per forward/backward over ``data`` (``None``: all at once).
         scaler: optional ``torch.amp.GradScaler`` (float16).
         skip_nonfinite: skip the whole step on a non-finite loss or gradient.
+        scope: under ``DistributedDataParallel``, ``"local"`` (default) or ``"global"``; see
+            ``sam_tutorial.optim.base`` (ignored for a model that is not DDP-wrapped).
     """
 
     def __init__(
@@ -82,9 +90,16 @@ class NSAM(PerturbedOptimizer):
         chunk_size: int | None = None,
         scaler: torch.amp.GradScaler | None = None,
         skip_nonfinite: bool = True,
+        scope: str | None = None,
     ) -> None:
         super().__init__(
-            model, base, rho=rho, normalize=normalize, scaler=scaler, skip_nonfinite=skip_nonfinite
+            model,
+            base,
+            rho=rho,
+            normalize=normalize,
+            scaler=scaler,
+            skip_nonfinite=skip_nonfinite,
+            scope=scope,
         )
         if not isinstance(data, tuple | list) or len(data) != 2:
             raise ValueError("data must be a pair (X, Y) of tensors with the samples on dim 0")
@@ -104,13 +119,17 @@ class NSAM(PerturbedOptimizer):
     ) -> StepStats:
         device = as_tuple(inputs)[0].device
         total = torch.zeros((), device=device)
-        for start in range(0, self.n, self.chunk_size):
+        starts = range(0, self.n, self.chunk_size)
+        for start in starts:
             stop = min(start + self.chunk_size, self.n)
             xs, ys = (_rows(d, start, stop, device) for d in self.data)
-            part = self.forward_losses(xs, ys, loss_fn, stop - start).sum() / self.n
-            if start == 0:
-                self.zero_grad()
-            self.backward(part)
+            # DDP: local scope never synchronises pass 1; global synchronises the accumulated gradient
+            last_global = self.scope == "global" and start == starts[-1]
+            with nullcontext() if last_global else self.no_sync():
+                part = self.forward_losses(xs, ys, loss_fn, stop - start).sum() / self.n
+                if start == 0:
+                    self.zero_grad()
+                self.backward(part)
             total = total + part.detach()
         gnorm = self.grad_norm()
         self.save_weights()
@@ -119,6 +138,6 @@ class NSAM(PerturbedOptimizer):
         self.perturb(scale)
         self.zero_grad()
         loss2 = self.forward_losses(inputs, targets, loss_fn, n).mean()
-        self.backward(loss2)
+        self.backward(self.poison_unless(loss2, torch.isfinite(total) & torch.isfinite(gnorm)))
         skipped = self.finish(torch.isfinite(total) & torch.isfinite(loss2) & torch.isfinite(gnorm))
         return StepStats(total, loss2.detach(), self.unscaled(gnorm), scale * gnorm, skipped)

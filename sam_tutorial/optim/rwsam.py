@@ -23,8 +23,11 @@ Algorithm, one step on a batch γ of size B:
     w    = base_step(w, g')
 
 Cost 3 forward + 2 backward passes, about 1/6 more than SAM. ``lam = 0`` gives uniform weights, i.e.
-SAM. The probe is drawn before pass 1 (so the weights move only while no autograd graph holds them)
-and never touches BatchNorm running statistics.
+SAM. Under DistributedDataParallel, ``scope="local"`` (default) computes the weights over each rank's
+own batch; ``scope="global"`` over the global batch (the scores are all-gathered: B floats per rank);
+give every rank the same ``seed`` so that all ranks use the same probe. The probe is drawn before
+pass 1 (so the weights move only while no autograd graph holds them) and never touches BatchNorm
+running statistics.
 
 Choices the paper leaves UNCONFIRMED are options, with these defaults: the descent pass is uniform
 (``weighted_descent=False``); one probe (``n_probes=1``); ``z`` Rademacher with entries ±1, not
@@ -105,6 +108,8 @@ class RWSAM(PerturbedOptimizer):
         seed: seed of the probe generator (default: drawn from torch's global generator).
         scaler: optional ``torch.amp.GradScaler`` (float16).
         skip_nonfinite: skip the whole step on a non-finite loss or gradient.
+        scope: under ``DistributedDataParallel``, ``"local"`` (default) or ``"global"``; see
+            ``sam_tutorial.optim.base`` (ignored for a model that is not DDP-wrapped).
 
     After each step, ``last_weights`` holds p and ``last_scores`` the estimates ĝ (device
     tensors). ``state_dict`` includes the probe generator's state, so a resumed run draws the same
@@ -130,9 +135,16 @@ class RWSAM(PerturbedOptimizer):
         seed: int | None = None,
         scaler: torch.amp.GradScaler | None = None,
         skip_nonfinite: bool = True,
+        scope: str | None = None,
     ) -> None:
         super().__init__(
-            model, base, rho=rho, normalize=normalize, scaler=scaler, skip_nonfinite=skip_nonfinite
+            model,
+            base,
+            rho=rho,
+            normalize=normalize,
+            scaler=scaler,
+            skip_nonfinite=skip_nonfinite,
+            scope=scope,
         )
         if isinstance(lam, bool) or not isinstance(lam, int | float) or not lam >= 0 or lam == math.inf:
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
@@ -233,11 +245,15 @@ class RWSAM(PerturbedOptimizer):
         self, inputs: Inputs, targets: Targets, loss_fn: LossFn, n: int
     ) -> StepStats:
         plus = self.probe_losses(inputs, targets, loss_fn, n)
-        losses = self.forward_losses(inputs, targets, loss_fn, n)
-        self.zero_grad()
-        p = self.weights(losses.detach(), plus).detach()
-        self.last_weights = p
-        self.backward((p.to(losses.dtype) * losses).sum())
+        with self.ascent_context():
+            losses = self.forward_losses(inputs, targets, loss_fn, n)
+            self.zero_grad()
+            if self.scope == "global":
+                p, factor = self._global_weights(losses.detach(), plus)
+            else:
+                p, factor = self.weights(losses.detach(), plus).detach(), 1.0
+            self.last_weights = p
+            self.backward((p.to(losses.dtype) * losses).sum() * factor)
         gnorm = self.grad_norm()
         self.save_weights()
         self.save_buffers()
@@ -246,12 +262,27 @@ class RWSAM(PerturbedOptimizer):
         self.zero_grad()
         losses2 = self.forward_losses(inputs, targets, loss_fn, n)
         loss2 = losses2.mean()
-        self.backward((p.to(losses2.dtype) * losses2).sum() if self.weighted_descent else loss2)
         loss = losses.detach().mean()
-        ok = torch.isfinite(loss) & torch.isfinite(loss2) & torch.isfinite(gnorm)
-        ok = ok & torch.isfinite(plus).all()
+        ok = torch.isfinite(loss) & torch.isfinite(gnorm) & torch.isfinite(plus).all()
+        descent = (p.to(losses2.dtype) * losses2).sum() * factor if self.weighted_descent else loss2
+        self.backward(self.poison_unless(descent, ok))
+        ok = ok & torch.isfinite(loss2)
         skipped = self.finish(ok)
         return StepStats(loss, loss2.detach(), self.unscaled(gnorm), scale * gnorm, skipped)
+
+    def _global_weights(self, losses: Tensor, plus: Tensor) -> tuple[Tensor, float]:
+        """Gibbs weights over the global batch (DDP, ``scope="global"``): this rank's slice, and the
+        factor that undoes DDP's averaging over ranks so the all-reduced gradient is Σ_all p_i ∇f_i."""
+        import torch.distributed as dist
+
+        world, rank = dist.get_world_size(), dist.get_rank()
+        local = torch.cat([losses.unsqueeze(0), plus])  # [1 + n_probes, B]
+        gathered = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(gathered, local)
+        everything = torch.cat(gathered, dim=1)
+        p = self.weights(everything[0], everything[1:]).detach()
+        b = losses.numel()
+        return p[rank * b : (rank + 1) * b], float(world)
 
     # ------------------------------------------------------------------ state
     def _extra_state(self) -> dict[str, Any]:

@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +58,8 @@ class SAM(PerturbedOptimizer):
         adaptive_eps: the η of ASAM's T (Kwon et al. use 0.01).
         scaler: optional ``torch.amp.GradScaler`` (float16).
         skip_nonfinite: skip the whole step on a non-finite loss or gradient.
+        scope: under ``DistributedDataParallel``, ``"local"`` (default) or ``"global"``; see
+            ``sam_tutorial.optim.base`` (ignored for a model that is not DDP-wrapped).
 
     Three ways to drive it:
 
@@ -80,9 +83,16 @@ class SAM(PerturbedOptimizer):
         adaptive_eps: float = 0.01,
         scaler: torch.amp.GradScaler | None = None,
         skip_nonfinite: bool = True,
+        scope: str | None = None,
     ) -> None:
         super().__init__(
-            model, base, rho=rho, normalize=normalize, scaler=scaler, skip_nonfinite=skip_nonfinite
+            model,
+            base,
+            rho=rho,
+            normalize=normalize,
+            scaler=scaler,
+            skip_nonfinite=skip_nonfinite,
+            scope=scope,
         )
         if adaptive_eps < 0:
             raise ValueError(f"adaptive_eps must be >= 0, got {adaptive_eps!r}")
@@ -123,13 +133,14 @@ class SAM(PerturbedOptimizer):
     def _perturbed_step(
         self, inputs: Inputs, targets: Targets, loss_fn: LossFn, n: int
     ) -> StepStats:
-        loss = self.forward_losses(inputs, targets, loss_fn, n).mean()
-        self.zero_grad()
-        self.backward(loss)
+        with self.ascent_context():
+            loss = self.forward_losses(inputs, targets, loss_fn, n).mean()
+            self.zero_grad()
+            self.backward(loss)
         enorm = self.first_step()
         gnorm = self._pending[0]  # type: ignore[index]
         loss2 = self.forward_losses(inputs, targets, loss_fn, n).mean()
-        self.backward(loss2)
+        self.backward(self.poison_unless(loss2, torch.isfinite(loss) & torch.isfinite(gnorm)))
         self._pending = None
         skipped = self.finish(torch.isfinite(loss) & torch.isfinite(loss2) & torch.isfinite(gnorm))
         return StepStats(loss.detach(), loss2.detach(), self.unscaled(gnorm), enorm, skipped)
@@ -137,7 +148,7 @@ class SAM(PerturbedOptimizer):
     def _closure_step(self, closure: Callable[[], Tensor]) -> Tensor:
         if self.scaler is not None:
             raise ValueError("step(closure) does not support scaler=; use step(inputs, targets, ...)")
-        with torch.enable_grad():
+        with torch.enable_grad(), self.ascent_context() if self.rho else nullcontext():
             loss = closure()
         if self.rho == 0.0:
             self.save_weights()
