@@ -255,8 +255,7 @@ class RWSAM(PerturbedOptimizer):
             self.last_weights = p
             self.backward((p.to(losses.dtype) * losses).sum() * factor)
         gnorm = self.grad_norm()
-        self.save_weights()
-        self.save_buffers()
+        self.save_buffers()  # the weights backup still holds w: probe_losses saved and restored it
         scale = self.perturbation_scale(gnorm)
         self.perturb(scale)
         self.zero_grad()
