@@ -30,6 +30,8 @@ COLORS: dict[str, str] = {
     "asam": "#17becf",
     "nsam": "#9467bd",
     "n-sam": "#9467bd",
+    "n-usam": "#c5b0d5",
+    "m-usam": "#ff9896",
     "msam": "#d62728",
     "m-sam": "#d62728",
     "rwsam": "#2ca02c",
