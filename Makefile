@@ -22,14 +22,24 @@ CHECK_OUT := _build/check
 
 export PATH := $(abspath $(BIN)):$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
+# Experiment results and checkpoints the chapters produce go under _build (cleaned by `make clean`),
+# not into book/runs; data (MNIST-1D) is cached in $SAM_TUTORIAL_DATA or ~/.cache/sam_tutorial.
+export SAM_TUTORIAL_RUNS ?= $(abspath _build/runs)
 
-.PHONY: all setup book test lint unit notebooks book-check clean distclean help
+# The interpreter for gpu-check: a lent GPU machine has its own python3 (CUDA torch), not our .venv.
+PY ?= $(BIN)/python
+BENCH_JSON ?= _build/bench/bench-cpu.json
+GPU_OUT ?= _build/gpu-check
+
+.PHONY: all setup book test lint unit notebooks book-check bench gpu-check clean distclean help
 
 all: test
 
 help:
 	@echo "make book       build the HTML book in _build/html (executes chapters in standard mode, cached)"
 	@echo "make test       ruff, unit tests, notebooks in quick mode, and a -W -n check build of the book"
+	@echo "make bench      step-time ratios of the SAM family on this machine (JSON: BENCH_JSON=...)"
+	@echo "make gpu-check  gpu-marked tests + CUDA benchmark, <= 5 min (PY=python3 on a GPU machine)"
 	@echo "make setup      only create/update the private environment in $(VENV)"
 	@echo "make clean      remove build outputs and caches (keeps $(VENV)); distclean also removes $(VENV)"
 
@@ -44,7 +54,8 @@ $(STAMP): pyproject.toml
 	    rm -f "$(VENV)"/.installed-*; touch "$@"'
 
 book: $(STAMP)
-	@SAM_TUTORIAL_MODE=$(MODE) $(STAGE) book "jupyter-book build ($(MODE) mode)" \
+	@# one thread per kernel: the chapters' small models run faster, and timings do not depend on load
+	@OMP_NUM_THREADS=1 SAM_TUTORIAL_MODE=$(MODE) $(STAGE) book "jupyter-book build ($(MODE) mode)" \
 	  "$(BIN)/jupyter-book" build . --path-output "$(BOOK_OUT)"
 	@$(STAGE) book "check the HTML exists" test -f "$(BOOK_OUT)/_build/html/index.html"
 	@echo "The book is in $(BOOK_OUT)/_build/html/index.html"
@@ -72,6 +83,18 @@ book-check: $(STAMP)
 	  "$(BIN)/jupyter-book" build . --path-output "$(CHECK_OUT)" --config "$(CHECK_OUT)/_config.yml" \
 	  -W -n --keep-going --all -q
 	@$(STAGE) test "check the HTML exists" test -f "$(CHECK_OUT)/_build/html/index.html"
+
+bench: $(STAMP)
+	@$(STAGE) bench "benchmark (CPU)" "$(BIN)/python" -m sam_tutorial bench --device cpu --json "$(BENCH_JSON)"
+
+# No dependency on .venv: runs with any interpreter that has torch (CUDA), numpy, pytest and the package
+# importable from this folder (PYTHONPATH=.); mnist1d etc. are not needed by these tests.
+gpu-check:
+	@mkdir -p "$(GPU_OUT)"
+	@PYTHONPATH=. $(STAGE) gpu-check "gpu tests" "$(PY)" -m pytest -q -m gpu -p no:cacheprovider \
+	  tests/optim/test_gpu.py
+	@PYTHONPATH=. $(STAGE) gpu-check "benchmark (CUDA)" "$(PY)" -m sam_tutorial bench --device cuda \
+	  --rounds 10 --json "$(GPU_OUT)/bench-cuda.json"
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache *.egg-info

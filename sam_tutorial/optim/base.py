@@ -269,6 +269,11 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 "state_dict must come from SAM-family state_dict() (keys 'base', 'sam') or from a "
                 f"torch optimizer (keys 'state', 'param_groups'); got keys {sorted(state_dict)}"
             )
+        # torch's load_state_dict replaces the base optimizer's group list and state: share them again,
+        # or a scheduler attached to this object would set the LR on a list nobody reads.
+        self.param_groups = self.base.param_groups
+        self.state = self.base.state
+        self._groups_key = ()
         self._state_backup = []
 
     def __repr__(self) -> str:

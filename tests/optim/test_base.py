@@ -144,19 +144,24 @@ def test_state_dict_resume_continues_identically(name: str) -> None:
     resumed, opt2 = make(seed_model=5)  # different initial weights, overwritten by the checkpoint
     resumed.load_state_dict(checkpoint["model"])
     opt2.load_state_dict(checkpoint["opt"])
+    assert opt2.param_groups is opt2.base.param_groups and opt2.state is opt2.base.state
     for x, y in batches[2:]:
         opt2.step(x, y, CE)
     assert_params_equal(model, resumed)
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 def test_load_state_dict_accepts_a_plain_base_checkpoint_and_rejects_others() -> None:
     model = mlp()
     plain = sgd(model)
     plain.zero_grad()
     CE(model(batch()[0]), batch()[1]).mean().backward()
     plain.step()
-    opt = SAM(model, sgd(model), rho=0.1)
+    opt = SAM(model, sgd(model, lr=0.4), rho=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     opt.load_state_dict(plain.state_dict())
+    scheduler.step()  # a scheduler attached before loading still reaches the base optimizer
+    assert opt.base.param_groups[0]["lr"] == pytest.approx(0.05)
     buf = next(iter(opt.base.state.values()))["momentum_buffer"]
     assert torch.equal(buf, next(iter(plain.state.values()))["momentum_buffer"])
     with pytest.raises(ValueError, match="state_dict must come from"):

@@ -1,0 +1,179 @@
+"""Command line: ``python -m sam_tutorial {list,run,show,bench} ...``.
+
+.. code-block:: text
+
+    python -m sam_tutorial list                          # experiment names (first column) and descriptions
+    python -m sam_tutorial run smoke --mode quick        # train (or load from the cache) and print a table
+    python -m sam_tutorial run table1-resnet18-cifar10 --mode paper --seed 0 --device cuda --out runs
+    python -m sam_tutorial show m-sweep --mode standard  # the cached results as a table
+    python -m sam_tutorial bench --device cpu --json bench.json   # step-time ratios of the SAM family
+
+Unknown experiment names exit with status 2 and list the valid ones. Subcommands live in
+``COMMANDS``; another module adds one with :func:`command` (e.g. a benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sam_tutorial import config
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: ``configure`` adds its arguments, ``handler`` runs it and returns the exit status."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+"""Subcommands by name, in the order ``--help`` lists them."""
+
+
+def command(
+    name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]
+) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    """Decorator registering ``handler`` as the subcommand ``name``."""
+
+    def register(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = Command(name, help, configure, handler)
+        return handler
+
+    return register
+
+
+def _experiment_name(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="experiment name (see `python -m sam_tutorial list`)")
+    parser.add_argument("--mode", choices=config.MODES, default=None,
+                        help=f"scale of the experiment (default: ${config.MODE_ENV} or "
+                             f"{config.DEFAULT_MODE})")
+    parser.add_argument("--seed", type=int, action="append", default=None,
+                        help="run only this seed (repeatable; default: the experiment's seeds for the mode)")
+    parser.add_argument("--out", default=None, help="output folder (default: $SAM_TUTORIAL_RUNS or ./runs)")
+
+
+def _unknown(name: str) -> int:
+    from sam_tutorial.experiments import EXPERIMENTS
+
+    print(f"error: unknown experiment {name!r}. Valid names:", file=sys.stderr)
+    for valid in EXPERIMENTS:
+        print(f"  {valid}", file=sys.stderr)
+    return 2
+
+
+@command("list", "list the experiments (name, then description)", lambda p: None)
+def _list(args: argparse.Namespace) -> int:
+    from sam_tutorial.experiments import list_experiments
+
+    rows = list_experiments()
+    width = max(len(name) for name, _ in rows)
+    for name, description in rows:
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def _configure_run(parser: argparse.ArgumentParser) -> None:
+    _experiment_name(parser)
+    parser.add_argument("--device", default=None,
+                        help="torch device, e.g. cpu, cuda, cuda:1 (default: $SAM_TUTORIAL_DEVICE or CUDA if "
+                             "available)")
+    parser.add_argument("--data-root", default=None,
+                        help="data folder (default: $SAM_TUTORIAL_DATA or ~/.cache/sam_tutorial)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+@command("run", "run an experiment (cached results are reused, interrupted runs resume)", _configure_run)
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sam_tutorial.experiments import EXPERIMENTS, run_experiment
+
+    if args.name not in EXPERIMENTS:
+        return _unknown(args.name)
+    device = None
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            print(f"error: --device {args.device!r} is not a torch device (e.g. cpu, cuda, cuda:0)",
+                  file=sys.stderr)
+            return 2
+    mode = args.mode or config.mode()
+    print(f"# {args.name}: mode={mode} device={device or config.device()} torch={torch.__version__}",
+          file=sys.stderr)
+    result = run_experiment(args.name, mode=mode, seeds=args.seed, out=args.out, device=device,
+                            progress=not args.no_progress, data_root=args.data_root)
+    print(result.table())
+    return 0
+
+
+@command("show", "print the cached results of an experiment as a table", _experiment_name)
+def _show(args: argparse.Namespace) -> int:
+    from sam_tutorial.experiments import EXPERIMENTS, load_results
+
+    if args.name not in EXPERIMENTS:
+        return _unknown(args.name)
+    result = load_results(args.name, mode=args.mode, seeds=args.seed, out=args.out)
+    exp = result.experiment
+    print(f"# {exp.name} ({result.mode} mode): {exp.description}")
+    if exp.notes:
+        print(f"# {exp.notes}")
+    if not result.records:
+        print(f"no cached results for {exp.name!r} in {result.mode} mode; "
+              f"run `python -m sam_tutorial run {exp.name} --mode {result.mode}` first", file=sys.stderr)
+        return 1
+    print(result.table())
+    if result.missing:
+        print("not run yet: " + ", ".join(f"{label} (seed {seed})" for label, seed in result.missing),
+              file=sys.stderr)
+    return 0
+
+
+def _configure_bench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="default: CUDA when available, else the CPU")
+    parser.add_argument("--model", default=None,
+                        help="resnet18, resnet18-w16, wrn16-4, cnn1d or mlp (default: resnet18 on CUDA, "
+                             "resnet18-w16 on the CPU)")
+    parser.add_argument("--batch", type=int, default=128, help="batch size B (default 128)")
+    parser.add_argument("--rounds", type=int, default=10, help="timed steps per variant (default 10)")
+    parser.add_argument("--json", default=None, help="also write the result as JSON to this path")
+
+
+@command("bench", "time one step of every optimizer of the family; print ratios (sam/sgd, ...)",
+         _configure_bench)
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from sam_tutorial import bench
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    try:
+        bench.main(device=args.device, model=args.model, batch=args.batch, json_path=args.json,
+                   rounds=args.rounds)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand and return its exit status."""
+    parser = argparse.ArgumentParser(prog="python -m sam_tutorial", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    for cmd in COMMANDS.values():
+        cmd.configure(sub.add_parser(cmd.name, help=cmd.help, description=cmd.help))
+    args = parser.parse_args(argv)
+    return COMMANDS[args.command].handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
