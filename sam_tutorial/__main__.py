@@ -90,8 +90,11 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
 
 @command("run", "run an experiment (cached results are reused, interrupted runs resume)", _configure_run)
 def _run(args: argparse.Namespace) -> int:
+    import os
+
     import torch
 
+    from sam_tutorial import distributed
     from sam_tutorial.experiments import EXPERIMENTS, run_experiment
 
     if args.name not in EXPERIMENTS:
@@ -105,11 +108,23 @@ def _run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
     mode = args.mode or config.mode()
-    print(f"# {args.name}: mode={mode} device={device or config.device()} torch={torch.__version__}",
-          file=sys.stderr)
-    result = run_experiment(args.name, mode=mode, seeds=args.seed, out=args.out, device=device,
-                            progress=not args.no_progress, data_root=args.data_root)
-    print(result.table())
+    dist = None
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
+        # under torchrun: one process per device; rank 0 alone writes results and prints
+        dist = distributed.init_from_env(device=(device or config.device()).type)
+        device = dist.device
+    try:
+        if dist is None or dist.is_main:
+            world = f" world_size={dist.world_size}" if dist is not None else ""
+            print(f"# {args.name}: mode={mode} device={device or config.device()}{world} "
+                  f"torch={torch.__version__}", file=sys.stderr)
+        result = run_experiment(args.name, mode=mode, seeds=args.seed, out=args.out, device=device,
+                                progress=not args.no_progress, data_root=args.data_root, dist=dist)
+        if dist is None or dist.is_main:
+            print(result.table())
+    finally:
+        if dist is not None:
+            distributed.destroy()
     return 0
 
 

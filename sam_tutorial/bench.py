@@ -207,8 +207,8 @@ PRESETS: dict[str, tuple[str, tuple[int, ...], dict[str, Any]]] = {
     "cnn1d": ("cnn1d", (1, 40), {}),
     "mlp": ("mlp", (40,), {}),
 }
-"""Benchmark models: name -> (``models.build_model`` name, input shape, options). CIFAR-sized inputs
-for the ResNets; MNIST-1D-sized for the small ones."""
+"""The benchmark models by name, each a triple of the ``models.build_model`` name, the input shape and
+the options; CIFAR-sized inputs for the ResNets, MNIST-1D-sized ones for the small models."""
 
 
 def default_model(device: torch.device) -> str:

@@ -19,6 +19,10 @@ Typical use, launched with ``torchrun --nproc_per_node N train.py``:
 
 Outside torchrun (no ``WORLD_SIZE`` in the environment), :func:`init_from_env` returns a one-process
 context and initialises nothing, so the same script runs on one device.
+
+A named experiment runs the same way from the command line, ``torchrun --nproc_per_node N -m
+sam_tutorial run NAME``: :func:`sam_tutorial.train.fit` takes the context as ``dist=`` (see there and
+:mod:`sam_tutorial.runner`).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from sam_tutorial import config as cfg
+from sam_tutorial.distributed import DistContext
 from sam_tutorial.results import read_json
 from sam_tutorial.runner import (
     DataSpec,
@@ -97,6 +98,7 @@ def run_experiment(
     progress: bool = False,
     data_root: str | os.PathLike[str] | None = None,
     labels: Sequence[str] | None = None,
+    dist: DistContext | None = None,
 ) -> ExperimentResult:
     """Run (or load from the cache) every run of an experiment for every seed.
 
@@ -109,6 +111,10 @@ def run_experiment(
         progress: show a progress bar per run.
         data_root: data folder (default: ``$SAM_TUTORIAL_DATA`` or the user cache folder).
         labels: run only these runs (default: all).
+        dist: under torchrun, this process's :class:`~sam_tutorial.distributed.DistContext` (from
+            :func:`sam_tutorial.distributed.init_from_env`); every rank calls this with the same
+            arguments and trains its shard of each global batch, rank 0 alone writes the results, and
+            every rank gets them back (see :mod:`sam_tutorial.runner`).
 
     Returns:
         The :class:`~sam_tutorial.runner.ExperimentResult`.
@@ -127,7 +133,7 @@ def run_experiment(
     root = runs_root(out)
     records = [
         run_one(exp, mode, spec, seed, out=root, device=dev, progress=progress, data_root=data_root,
-                specs=by_label)
+                specs=by_label, dist=dist)
         for spec in specs
         if labels is None or spec.label in labels
         for seed in chosen
@@ -141,8 +147,11 @@ def load_results(
     mode: str | None = None,
     seeds: Iterable[int] | None = None,
     out: str | os.PathLike[str] | None = None,
+    world_size: int = 1,
 ) -> ExperimentResult:
     """The cached results of an experiment, without training anything; absent runs go to ``missing``.
+
+    ``world_size > 1`` loads the results of runs trained by that many processes (torchrun).
 
     Raises:
         ValueError: for an unknown experiment or mode.
@@ -154,7 +163,8 @@ def load_results(
     records, missing = [], []
     for spec in specs:
         for seed in chosen:
-            path = run_path(root, exp, mode, spec, seed, run_hash(exp, mode, spec, seed, by_label))
+            digest = run_hash(exp, mode, spec, seed, by_label, world_size)
+            path = run_path(root, exp, mode, spec, seed, digest)
             if path.exists():
                 records.append(read_json(path))
             else:

@@ -12,6 +12,12 @@ file under the output folder::
 run that starts from another run's weights (``init_from``), that run's hash. A result whose file
 exists is served from the cache; a run whose checkpoint exists resumes from it; a second process on
 the same run waits for the first and then reads its result.
+
+Under torchrun (``dist=`` with ``world_size > 1``) every rank trains its shard of the same global
+batches (:func:`sam_tutorial.train.fit`); only rank 0 reads and writes the result, the checkpoint
+and the lock, and it broadcasts its decisions and the result to the other ranks (which only read
+the checkpoint, to resume). Such a run records ``"distributed": {"world_size": N, "scope": ...}`` in
+its ``config``, and the hash covers it, so it never shares a cache entry with a single-process run.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,7 @@ import torch
 
 from sam_tutorial import config as cfg
 from sam_tutorial.data import load_dataset
+from sam_tutorial.distributed import DistContext
 from sam_tutorial.models import build_model
 from sam_tutorial.results import config_hash, load_checkpoint, read_json, run_lock, write_json
 from sam_tutorial.train import TrainConfig, fit
@@ -73,9 +81,13 @@ class RunSpec:
     init_from: str | None = None
     tags: Mapping[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able description of the run (what the cache key hashes)."""
-        return {
+    def to_dict(self, world_size: int = 1) -> dict[str, Any]:
+        """A JSON-able description of the run (what the cache key hashes).
+
+        With ``world_size > 1`` (a torchrun run) it adds
+        ``"distributed": {"world_size": ..., "scope": train.scope}``.
+        """
+        out = {
             "label": self.label,
             "data": vars(self.data).copy(),
             "model": self.model,
@@ -84,6 +96,9 @@ class RunSpec:
             "init_from": self.init_from,
             "tags": dict(self.tags),
         }
+        if world_size > 1:
+            out["distributed"] = {"world_size": world_size, "scope": self.train.scope}
+        return out
 
 
 @dataclass(frozen=True)
@@ -136,12 +151,16 @@ def runs_root(out: str | os.PathLike[str] | None = None) -> Path:
     return Path(env).expanduser() if env else Path("runs")
 
 
-def run_hash(exp: Experiment, mode: str, spec: RunSpec, seed: int, specs: Mapping[str, RunSpec]) -> str:
-    """The cache key of one (run, seed): covers the experiment, mode, seed, spec and its init run."""
-    init = None if spec.init_from is None else run_hash(exp, mode, specs[spec.init_from], seed, specs)
+def run_hash(
+    exp: Experiment, mode: str, spec: RunSpec, seed: int, specs: Mapping[str, RunSpec], world_size: int = 1
+) -> str:
+    """The cache key of one (run, seed): covers the experiment, mode, seed, spec and its init run, and
+    the number of processes when it is more than one."""
+    init = None if spec.init_from is None else run_hash(
+        exp, mode, specs[spec.init_from], seed, specs, world_size)
     return config_hash({
         "format": RESULT_FORMAT, "experiment": exp.name, "mode": mode, "seed": seed,
-        "run": spec.to_dict(), "init": init,
+        "run": spec.to_dict(world_size), "init": init,
     })
 
 
@@ -171,6 +190,7 @@ def run_one(
     progress: bool = False,
     data_root: str | os.PathLike[str] | None = None,
     specs: Mapping[str, RunSpec] | None = None,
+    dist: DistContext | None = None,
 ) -> dict[str, Any]:
     """Return the result of one (run, seed): from the cache, else by training (resuming if possible).
 
@@ -184,26 +204,33 @@ def run_one(
         progress: show a progress bar.
         data_root: data folder (see :func:`sam_tutorial.data.data_root`).
         specs: the experiment's runs by label (for ``init_from``; default: ``exp.runs(mode)``).
+        dist: this process's place under torchrun (the process group initialised); every rank calls
+            this with the same arguments and gets the same record back (see the module docstring).
 
     Returns:
         The result record (what the JSON file holds).
     """
     specs = specs if specs is not None else {s.label: s for s in exp.runs(mode)}
-    digest = run_hash(exp, mode, spec, seed, specs)
+    world = dist.world_size if dist is not None else 1
+    main = dist is None or dist.is_main
+    digest = run_hash(exp, mode, spec, seed, specs, world)
     path = run_path(out, exp, mode, spec, seed, digest)
-    cached = _cached(path, digest)
+    cached = _from_main(_cached(path, digest) if main else None, dist)
     if cached is not None:
         return cached
-    with run_lock(path.with_suffix(".lock")):
-        cached = _cached(path, digest)  # another process may have finished it while we waited
+    lock: AbstractContextManager[None] = run_lock(path.with_suffix(".lock")) if main else nullcontext()
+    with lock:
+        # another process may have finished it while we waited
+        cached = _from_main(_cached(path, digest) if main else None, dist)
         if cached is not None:
             return cached
         init_state = None
         if spec.init_from is not None:
             parent = specs[spec.init_from]
             run_one(exp, mode, parent, seed, out=out, device=device, progress=progress,
-                    data_root=data_root, specs=specs)
-            parent_ckpt = run_path(out, exp, mode, parent, seed, run_hash(exp, mode, parent, seed, specs))
+                    data_root=data_root, specs=specs, dist=dist)
+            parent_ckpt = run_path(out, exp, mode, parent, seed,
+                                   run_hash(exp, mode, parent, seed, specs, world))
             init_state = load_checkpoint(parent_ckpt.with_suffix(".pt"), None)["model"]
         d = spec.data
         data = load_dataset(d.name, data_root, d.label_noise, seed, n_train=d.n_train, n_test=d.n_test,
@@ -214,11 +241,13 @@ def run_one(
         started = time.perf_counter()
         result = fit(model, data, spec.train, seed=seed, device=device, checkpoint=path.with_suffix(".pt"),
                      fingerprint=digest, progress=progress, desc=f"{exp.name}/{spec.label} s{seed}",
-                     init_state=init_state)
+                     init_state=init_state, dist=dist)
+        if not main:
+            return _from_main(None, dist)
         seconds = result.history["seconds"]
         record = {
             "format": RESULT_FORMAT, "experiment": exp.name, "mode": mode, "label": spec.label,
-            "seed": seed, "config_hash": digest, "tags": dict(spec.tags), "config": spec.to_dict(),
+            "seed": seed, "config_hash": digest, "tags": dict(spec.tags), "config": spec.to_dict(world),
             "metrics": result.final, "history": result.history,
             "timing": {"seconds_per_epoch": statistics.fmean(seconds) if seconds else None,
                        "seconds_this_call": time.perf_counter() - started},
@@ -227,7 +256,17 @@ def run_one(
             "versions": versions(),
         }
         write_json(path, record)
-        return read_json(path)  # the cached form (lists, not tuples), so fresh and cached results are equal
+        # the cached form (lists, not tuples), so fresh and cached results are equal
+        return _from_main(read_json(path), dist)
+
+
+def _from_main(value: Any, dist: DistContext | None) -> Any:
+    """``value`` as rank 0 has it, on every rank (a broadcast under torchrun; else ``value`` itself)."""
+    if dist is None or not dist.distributed:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _cached(path: Path, digest: str) -> dict[str, Any] | None:

@@ -43,11 +43,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from sam_tutorial.data import Dataset
+from sam_tutorial.distributed import DistContext, shard, wrap
 from sam_tutorial.loader import BatchLoader
 from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM, PerturbedOptimizer
+from sam_tutorial.optim.base import SCOPES
 from sam_tutorial.results import config_hash, load_checkpoint, save_checkpoint
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "sam", "usam", "nsam", "msam", "rwsam")
@@ -97,6 +100,12 @@ class TrainConfig:
         sharpness_rho: radius of the ``sharpness`` metric.
         nsam_samples: training samples (the first ones) whose gradient builds n-SAM's perturbation
             (``None``: all).
+        scope: where the perturbation comes from when :func:`fit` runs on several processes
+            (``dist=``, e.g. under torchrun): ``"local"`` perturbs with each rank's own gradient, i.e.
+            m-SAM with m = the per-rank batch ``batch_size / world_size``; ``"global"`` with the
+            all-reduced gradient, i.e. SAM on the global batch of ``batch_size``. Ignored in a single
+            process; ``msam`` accepts ``"local"`` only. Left out of :meth:`to_dict` when ``"local"``,
+            so the cache keys of existing runs do not change.
     """
 
     optimizer: str = "sgd"
@@ -121,6 +130,7 @@ class TrainConfig:
     metric_samples: int = 1000
     sharpness_rho: float = 0.05
     nsam_samples: int | None = None
+    scope: str = "local"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", dict(self.options))
@@ -138,6 +148,11 @@ class TrainConfig:
             raise ValueError(f"optimizer='msam' needs m, a positive integer; got m={self.m!r}")
         if self.optimizer == "msam" and self.batch_size % self.m:  # type: ignore[operator]
             raise ValueError(f"m={self.m} must divide batch_size={self.batch_size}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}")
+        if self.optimizer == "msam" and self.scope != "local":
+            raise ValueError("optimizer='msam' supports scope='local' only (m-SAM perturbs per micro-batch); "
+                             "use optimizer='sam' with scope='global' for SAM on the global batch")
         if self.optimizer == "rwsam" and (self.lam is None or self.delta is None):
             raise ValueError("optimizer='rwsam' needs lam (>= 0) and delta (> 0)")
         for name in ("epochs", "batch_size", "eval_batch_size", "metric_samples"):
@@ -153,8 +168,15 @@ class TrainConfig:
             raise ValueError(f"metric_epochs must lie in [0, epochs={self.epochs}], got {self.metric_epochs}")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (tuples become lists); :meth:`from_dict` inverts it."""
-        return asdict(self) | {"options": dict(self.options)}
+        """A JSON-able dict (tuples become lists); :meth:`from_dict` inverts it.
+
+        ``scope`` appears only when it is not the default ``"local"`` (it was added later; leaving it
+        out keeps the hashes, and so the cached results, of earlier configurations valid).
+        """
+        out = asdict(self) | {"options": dict(self.options)}
+        if out["scope"] == "local":
+            del out["scope"]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -217,7 +239,8 @@ def make_optimizer(
     """The SAM-family optimizer ``config`` names, over a fresh ``torch.optim.SGD`` base.
 
     Args:
-        model: the model (already on its device).
+        model: the model (already on its device); a ``DistributedDataParallel`` model gets
+            ``scope=config.scope``.
         config: the training configuration.
         data: the data set (n-SAM's perturbation uses its training set).
         seed: seeds RW-SAM's probe generator.
@@ -230,6 +253,8 @@ def make_optimizer(
         nesterov=config.nesterov,
     )
     opts = dict(config.options)
+    if isinstance(model, DistributedDataParallel):
+        opts.setdefault("scope", config.scope)
     kind = config.optimizer
     if kind == "sgd":
         return SAM(model, base, rho=0.0, **opts)
@@ -333,6 +358,7 @@ def fit(
     desc: str | None = None,
     metrics: Mapping[str, Metric] | None = None,
     init_state: Mapping[str, Tensor] | None = None,
+    dist: DistContext | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data`` as ``config`` says; resume from ``checkpoint`` if it exists.
 
@@ -350,16 +376,37 @@ def fit(
         desc: the progress bar's label.
         metrics: extra hooks ``name -> fn(model) -> 0-d tensor``, evaluated with the built-in ones.
         init_state: a ``state_dict`` loaded into the model before a fresh start (not on resume).
+        dist: this process's place among several (:func:`sam_tutorial.distributed.init_from_env`
+            under torchrun, with the process group initialised). With ``world_size > 1`` the model is
+            wrapped in ``DistributedDataParallel`` and the optimizer gets ``config.scope``; every rank
+            draws the same global batches of ``config.batch_size`` (same loader seed) and steps on its
+            own :func:`~sam_tutorial.distributed.shard`; ``train_loss`` is averaged over the ranks;
+            every rank evaluates the full test set (the weights are identical); only rank 0 writes the
+            checkpoint and shows the progress bar; all ranks resume from the same checkpoint. The
+            default fingerprint then includes the world size.
 
     Returns:
-        A :class:`FitResult`.
+        A :class:`FitResult` (``model`` is the plain module, not its DDP wrapper).
 
     Raises:
-        ValueError: if the batch size exceeds the training set, or a metric name is taken twice.
+        ValueError: if the batch size exceeds the training set, or a metric name is taken twice; under
+            ``dist``, if the batch size is not a multiple of the world size (or, for ``msam``, the
+            per-rank batch is not a multiple of ``m``).
         sam_tutorial.results.CheckpointError: if ``checkpoint`` is corrupted or belongs to another run.
     """
+    ctx = dist if dist is not None and dist.distributed else None  # None: one process
+    main = dist is None or dist.is_main
+    if ctx is not None:
+        if config.batch_size % ctx.world_size:
+            raise ValueError(f"batch_size={config.batch_size} (the global batch) must be a multiple of the "
+                             f"world size {ctx.world_size}")
+        per_rank = config.batch_size // ctx.world_size
+        if config.optimizer == "msam" and per_rank % config.m:  # type: ignore[operator]
+            raise ValueError(f"m={config.m} must divide the per-rank batch batch_size / world_size = "
+                             f"{per_rank}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
+    net = model  # the plain module: evaluated, checkpointed and returned
     hooks = builtin_metrics(config, data, device)
     for name, fn in (metrics or {}).items():
         if name in hooks:
@@ -371,10 +418,13 @@ def fit(
             "config": config.to_dict(), "seed": seed, "data": [data.name, data.info.get("n_train"),
             data.label_noise], "params": [list(p.shape) for p in model.parameters()],
             "metrics": sorted(hooks),
+            **({"world_size": ctx.world_size, "scope": config.scope} if ctx is not None else {}),
         })
 
     loader = BatchLoader(*data.train, config.batch_size, augment=config.augment,
                          fill=data.pad_fill if data.pad_fill is not None else 0.0, device=device, seed=seed)
+    if ctx is not None:
+        model = wrap(net, ctx)
     opt = make_optimizer(model, config, data, seed=seed)
     steps = len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -389,22 +439,22 @@ def fit(
     start = 0
     if checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint, fingerprint)
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
         _set_rng_state(state["rng"])
         history, start = state["history"], int(state["epoch"])
     elif init_state is not None:
-        model.load_state_dict(init_state)
+        net.load_state_dict(init_state)
     resumed_from = start
 
     def run_metrics(epoch: int) -> list[Tensor]:
         if epoch not in metric_epochs:
             return []
-        was_training = model.training
-        out = [hooks[name](model).detach().reshape(()).float() for name in hooks]
-        model.train(was_training)
+        was_training = net.training
+        out = [hooks[name](net).detach().reshape(()).float() for name in hooks]
+        net.train(was_training)
         return out
 
     def record_metrics(epoch: int, values: list[float]) -> None:
@@ -420,7 +470,7 @@ def fit(
     train_targets: tuple[Tensor, ...] = (loader.targets,)
     if noisy:
         train_targets += (data.clean_train_targets.to(device),)
-    bar = tqdm(total=config.epochs * steps, initial=start * steps, desc=desc, disable=not progress,
+    bar = tqdm(total=config.epochs * steps, initial=start * steps, desc=desc, disable=not (progress and main),
                leave=False, dynamic_ncols=True)
     try:
         for epoch in range(start + 1, config.epochs + 1):
@@ -430,19 +480,24 @@ def fit(
             loss_sum = torch.zeros((), device=device)
             skipped = torch.zeros((), device=device)
             for x, y in loader:
+                if ctx is not None:
+                    x, y = shard((x, y), ctx)
                 stats = opt.step(x, y, cross_entropy)
                 loss_sum += stats.loss.detach().float()
                 skipped += stats.skipped.float()
                 sched.step()
                 bar.update(1)
+            if ctx is not None:  # the mean loss over the global batches
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum /= ctx.world_size
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t0
-            test_loss, test_acc = evaluate(model, test_x, test_y, batch_size=config.eval_batch_size)
+            test_loss, test_acc = evaluate(net, test_x, test_y, batch_size=config.eval_batch_size)
             tracked = {"train_loss": loss_sum / steps, "skipped": skipped, "test_loss": test_loss,
                        "test_acc": test_acc}
             if config.eval_train:
-                accs = evaluate(model, loader.inputs, train_targets, config.eval_batch_size)[1:]
+                accs = evaluate(net, loader.inputs, train_targets, config.eval_batch_size)[1:]
                 tracked.update(zip(("train_acc", "train_acc_clean"), accs))
             extra = run_metrics(epoch)
             values = torch.stack([t.reshape(()).float() for t in [*tracked.values(), *extra]]).tolist()
@@ -453,9 +508,9 @@ def fit(
                     history[key].append(row.get(key))
             record_metrics(epoch, values[len(tracked) :])
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_acc']:.3f}", refresh=False)
-            if checkpoint is not None:
+            if checkpoint is not None and main:
                 save_checkpoint(checkpoint, {
-                    "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "loader": loader.state_dict(),
                     "rng": _rng_state(), "history": history,
                 }, fingerprint)
@@ -470,4 +525,4 @@ def fit(
     for name in hooks:
         if history["metrics"][name]:
             final[name] = history["metrics"][name][-1]
-    return FitResult(history=history, final=final, resumed_from=resumed_from, model=model, optimizer=opt)
+    return FitResult(history=history, final=final, resumed_from=resumed_from, model=net, optimizer=opt)

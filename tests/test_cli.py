@@ -65,7 +65,19 @@ def test_bad_mode_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_room_for_more_subcommands() -> None:
-    assert list(COMMANDS) == ["list", "run", "show"]
+    """A handler registered with ``command`` becomes a subcommand with its own arguments."""
+    from sam_tutorial.__main__ import command
+
+    assert {"list", "run", "show", "bench"} <= set(COMMANDS)
+    seen = []
+    command("echo-test", "test only", lambda p: p.add_argument("--word"))(
+        lambda args: seen.append(args.word) or 7
+    )
+    try:
+        assert main(["echo-test", "--word", "hi"]) == 7
+        assert seen == ["hi"]
+    finally:
+        del COMMANDS["echo-test"]
 
 
 def test_run_then_show(tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:

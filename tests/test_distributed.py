@@ -93,3 +93,109 @@ def test_scope_is_validated_and_ignored_without_ddp() -> None:
     assert opt.scope is None and not opt.ddp
     with pytest.raises(ValueError, match="scope must be one of local, global"):
         SAM(model, torch.optim.SGD(model.parameters(), lr=0.1), rho=0.1, scope="everywhere")
+
+
+# ---------------------------------------------------------------- the CLI under torchrun
+RUN = ["run", "smoke", "--mode", "quick", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``torchrun --nproc_per_node 2 -m sam_tutorial run smoke --mode quick`` twice (the second is served
+    from the cache), and single-process runs of ``sgd`` and ``msam-m16`` into the same folder."""
+    from sam_tutorial.experiments import run_experiment
+    from tests.engine_helpers import mnist1d_root
+
+    data = mnist1d_root(tmp_path_factory)
+    out = tmp_path_factory.mktemp("cli-ddp") / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "SAM_TUTORIAL_DATA": str(data),
+           "SAM_TUTORIAL_DEVICE": "cpu"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "sam_tutorial", *RUN, "--out", str(out)]
+    launches = []
+    for _ in range(2):
+        launches.append(subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240))
+        assert launches[-1].returncode == 0, launches[-1].stdout[-3000:] + launches[-1].stderr[-3000:]
+        if len(launches) == 1:
+            files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    single = run_experiment("smoke", mode="quick", out=out, device="cpu", data_root=data,
+                            labels=["sgd", "msam-m16"])
+    return {"out": out / "smoke" / "quick", "launches": launches, "files": files, "single": single}
+
+
+def _record_and_weights(folder: Path, label: str, distributed: bool) -> tuple[dict[str, Any], dict]:
+    from sam_tutorial.results import load_checkpoint
+
+    for path in folder.glob(f"{label}-seed0-*.json"):
+        record = json.loads(path.read_text())
+        if ("distributed" in record["config"]) == distributed:
+            return record, load_checkpoint(path.with_suffix(".pt"), record["config_hash"])["model"]
+    raise AssertionError(f"no {'distributed' if distributed else 'single-process'} result for {label}")
+
+
+def test_torchrun_cli_writes_one_result_per_run_from_rank_0(cli_runs: dict[str, Any]) -> None:
+    first, second = cli_runs["launches"]
+    labels = ["sgd", "sam", "msam-m16", "rwsam"]
+    assert first.stdout.count("msam-m16") == 1  # one table: only rank 0 prints
+    assert "world_size=2" in first.stderr
+    written = sorted(p for p in cli_runs["files"] if p.suffix == ".json")
+    assert len(written) == len(labels)
+    assert sorted(p.name.split("-seed0-")[0] for p in written) == sorted(labels)
+    assert {p.suffix for p in cli_runs["files"]} == {".json", ".pt", ".lock"}
+    for path in written:
+        record = json.loads(path.read_text())
+        assert record["config"]["distributed"] == {"world_size": 2, "scope": "local"}
+    # the second launch is served from the cache: same table, no file touched
+    assert second.stdout == first.stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in cli_runs["files"].items())
+
+
+@pytest.mark.parametrize("label", ["sgd", "msam-m16"])
+def test_torchrun_run_equals_the_single_process_run(cli_runs: dict[str, Any], label: str) -> None:
+    """SGD: DDP averages the two half-batch gradients = the full-batch mean gradient. m-SAM with m = 16
+    under scope local: each rank runs m-SAM on its 32 samples, which is m-SAM(m=16) on the 64."""
+    ddp, w_ddp = _record_and_weights(cli_runs["out"], label, distributed=True)
+    one, w_one = _record_and_weights(cli_runs["out"], label, distributed=False)
+    assert ddp["config_hash"] != one["config_hash"]  # never the same cache entry
+    assert one == next(r for r in cli_runs["single"].records if r["label"] == label)
+    assert w_ddp.keys() == w_one.keys()
+    for key in w_one:
+        torch.testing.assert_close(w_ddp[key], w_one[key], rtol=1e-5, atol=1e-6)
+    for key, value in one["metrics"].items():
+        assert ddp["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_fit_checks_the_global_batch_against_the_world_size() -> None:
+    from sam_tutorial.train import TrainConfig, fit
+    from tests.engine_helpers import toy_dataset
+
+    data = toy_dataset()
+    three = DistContext(0, 3, 0, torch.device("cpu"))
+    with pytest.raises(ValueError, match="batch_size=16 .* must be a multiple of the world size 3"):
+        fit(torch.nn.Linear(data.input_shape[0], data.num_classes), data, TrainConfig(batch_size=16),
+            dist=three)
+    two = DistContext(0, 2, 0, torch.device("cpu"))
+    with pytest.raises(ValueError, match="m=16 must divide the per-rank batch"):
+        fit(torch.nn.Linear(data.input_shape[0], data.num_classes), data,
+            TrainConfig(optimizer="msam", rho=0.05, m=16, batch_size=16), dist=two)
+
+
+def test_scope_in_the_config_and_the_cache_key() -> None:
+    from sam_tutorial.experiments import get_experiment
+    from sam_tutorial.runner import run_hash
+    from sam_tutorial.train import TrainConfig
+
+    assert "scope" not in TrainConfig().to_dict()  # the cache keys of single-process runs are unchanged
+    config = TrainConfig(optimizer="sam", rho=0.05, scope="global")
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="scope must be one of local, global"):
+        TrainConfig(scope="everywhere")
+    with pytest.raises(ValueError, match="supports scope='local' only"):
+        TrainConfig(optimizer="msam", rho=0.05, m=16, batch_size=64, scope="global")
+    smoke = get_experiment("smoke")
+    specs = {s.label: s for s in smoke.runs("quick")}
+    spec = specs["sam"]
+    assert "distributed" not in spec.to_dict()
+    assert spec.to_dict(2)["distributed"] == {"world_size": 2, "scope": "local"}
+    hashes = {run_hash(smoke, "quick", spec, 0, specs, w) for w in (1, 2, 4)}
+    assert len(hashes) == 3 and run_hash(smoke, "quick", spec, 0, specs) in hashes
