@@ -262,3 +262,56 @@ def main(
         os.replace(tmp, json_path)  # atomic: a killed run never leaves half a file
         print(f"wrote {json_path}")
     return result
+
+
+GOALS: dict[str, float] = {
+    "sam/sgd": 2.05,
+    "rwsam/sam": 1.20,
+    "msam_m16_best/sam (cpu)": 1.3,
+    "msam_m16_best/sam (cuda)": 1.5,
+}
+"""The project's speed goals (issue "Speed"): upper bounds on the measured ratios."""
+
+
+def find_results(folder: str | None = None) -> list[dict[str, Any]]:
+    """Recorded benchmark results ``bench-*.json``, sorted by file name.
+
+    Looks in ``folder`` if given, else in ``results/`` of the working directory, of its parent (a
+    notebook runs in ``book/``) and of the repository the package was installed from.
+    """
+    import json
+    from pathlib import Path
+
+    if folder is not None:
+        candidates = [Path(folder)]
+    else:
+        here = Path(__file__).resolve().parents[1]
+        candidates = [Path.cwd() / "results", Path.cwd().parent / "results", here / "results"]
+    for path in candidates:
+        files = sorted(path.glob("bench-*.json")) if path.is_dir() else []
+        if files:
+            return [json.loads(f.read_text()) for f in files]
+    return []
+
+
+def best_msam(result: dict[str, Any], m: int = 16) -> tuple[str, float] | None:
+    """The faster m-SAM backend for micro-batch size ``m`` and its ratio to SAM (what ``"auto"``
+    should choose on that device)."""
+    rows = [(k.split("/")[0].rsplit("_", 1)[1], v) for k, v in result["ratios"].items()
+            if k.startswith(f"msam_m{m}_")]
+    return min(rows, key=lambda r: r[1]) if rows else None
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """One row per ratio, one column per recorded device, as a Markdown table."""
+    keys: list[str] = []
+    for r in results:
+        keys += [k for k in r["ratios"] if k not in keys]
+    head = "| ratio | " + " | ".join(f"{r['device']} ({r['model']}, B={r['batch']})" for r in results) + " |"
+    lines = [head, "|---|" + "---:|" * len(results)]
+    for k in keys:
+        cells = [f"{r['ratios'][k]:.2f}" if k in r["ratios"] else "" for r in results]
+        lines.append(f"| `{k}` | " + " | ".join(cells) + " |")
+    tv = [f"{r['trace_V']['trace_V/forward_backward']:.2f}" for r in results]
+    lines.append("| `trace_V / forward+backward` | " + " | ".join(tv) + " |")
+    return "\n".join(lines)

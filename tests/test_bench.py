@@ -54,3 +54,27 @@ def test_cli_writes_json_with_the_documented_keys(tmp_path, capsys) -> None:
 def test_cli_rejects_unknown_models(capsys) -> None:
     assert main(["bench", "--device", "cpu", "--model", "vgg11"]) == 2
     assert "model must be one of resnet18" in capsys.readouterr().err
+
+
+RESULT = {
+    "device": "cpu: x", "model": "m", "batch": 128,
+    "ratios": {"sam/sgd": 2.0, "rwsam/sam": 1.1, "msam_m16_loop/sam": 1.2, "msam_m16_vmap/sam": 1.4},
+    "times": {}, "trace_V": {"trace_V/forward_backward": 1.5},
+}
+
+
+def test_best_msam_picks_the_faster_backend() -> None:
+    assert bench.best_msam(RESULT) == ("loop", 1.2)
+    assert bench.best_msam(RESULT, m=8) is None
+
+
+def test_markdown_table_has_one_row_per_ratio(tmp_path) -> None:
+    (tmp_path / "bench-b.json").write_text(json.dumps(RESULT))
+    (tmp_path / "bench-a.json").write_text(json.dumps({**RESULT, "device": "cuda: y"}))
+    found = bench.find_results(str(tmp_path))
+    assert [r["device"] for r in found] == ["cuda: y", "cpu: x"]  # sorted by file name
+    table = bench.markdown_table(found).splitlines()
+    assert table[0] == "| ratio | cuda: y (m, B=128) | cpu: x (m, B=128) |"
+    assert "| `msam_m16_vmap/sam` | 1.40 | 1.40 |" in table
+    assert table[-1] == "| `trace_V / forward+backward` | 1.50 | 1.50 |"
+    assert len(table) == 2 + 4 + 1
