@@ -130,7 +130,36 @@ def timing(ctx) -> dict[str, float]:
     return out
 
 
+def syncbn_case(ctx) -> dict[str, object]:
+    """SyncBatchNorm (CUDA, NCCL): pass 1 runs under no_sync, yet normalises with global statistics,
+    so every rank ends with the same running statistics; plain BatchNorm keeps per-rank ones."""
+    out = {}
+    for name in ("batchnorm", "syncbn"):
+        net = model_fn(bn=True).float()
+        if name == "syncbn":
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        model = DDP(net.to(ctx.device), device_ids=[ctx.device.index])
+        opt = SAM(model, sgd(model), rho=0.1, scope="local")
+        for x, y in batches():
+            xs, ys = shard((x.float().to(ctx.device), y.to(ctx.device)), ctx)
+            opt.step(xs, ys, CE)
+        stats = torch.cat([b.float().flatten() for b in model.module.buffers()])
+        gathered = [torch.empty_like(stats) for _ in range(ctx.world_size)]
+        dist.all_gather(gathered, stats)
+        out[name] = all(torch.equal(gathered[0], t) for t in gathered[1:])
+    return out
+
+
 def main() -> None:
+    if "--syncbn" in sys.argv:  # needs one CUDA device per rank
+        ctx = init_from_env(backend="nccl", device="cuda")
+        everything = [None] * ctx.world_size
+        dist.all_gather_object(everything, {"buffers_agree_across_ranks": syncbn_case(ctx)})
+        if ctx.is_main:
+            with open(sys.argv[1], "w") as fh:
+                json.dump(everything, fh, indent=1)
+        destroy()
+        return
     ctx = init_from_env(backend="gloo", device="cpu")
     b = B // ctx.world_size
     x_all, y_all = batches(64)[0]

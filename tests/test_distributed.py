@@ -199,3 +199,16 @@ def test_scope_in_the_config_and_the_cache_key() -> None:
     assert spec.to_dict(2)["distributed"] == {"world_size": 2, "scope": "local"}
     hashes = {run_hash(smoke, "quick", spec, 0, specs, w) for w in (1, 2, 4)}
     assert len(hashes) == 3 and run_hash(smoke, "quick", spec, 0, specs) in hashes
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="SyncBatchNorm needs one CUDA device per rank")
+def test_syncbatchnorm_gives_every_rank_the_global_statistics(tmp_path: Path) -> None:
+    out = tmp_path / "syncbn.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "ddp_worker.py"), str(out), "--syncbn"]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    agree = json.loads(out.read_text())[0]["buffers_agree_across_ranks"]
+    assert agree == {"batchnorm": False, "syncbn": True}
