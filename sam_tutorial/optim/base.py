@@ -25,8 +25,9 @@ Engineering choices (see ``shared/reference/sam-implementations.md`` for what ot
 * BatchNorm running statistics (any module buffer) are updated by the first pass at w only: buffers are
   copied after pass 1 and copied back after every other pass, exactly;
 * a non-finite loss or gradient skips the whole step on the device: the base step runs, then parameters,
-  optimizer state and model buffers are selected back with ``torch.where`` (bit-identical). Until the
-  base optimizer has created its state (its first step), that one decision is taken on the host;
+  optimizer state and model buffers are selected back bit for bit by ``select_`` (integer foreach
+  kernels, no per-tensor loop). Until the base optimizer has created its state (its first step), that
+  one decision is taken on the host;
 * float16 with :class:`torch.amp.GradScaler`: pass ``scaler=``; both backward passes are scaled, an
   overflow in either pass skips the whole step and lowers the scale.
 
@@ -140,6 +141,30 @@ def weights_changed() -> None:
     run inside one would otherwise compute the pass at w + e with the copies of w.
     """
     torch.clear_autocast_cache()
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def select_(keep: Tensor, tensors: list[Tensor], others: list[Tensor]) -> None:
+    """``tensors[i] <- tensors[i] if keep else others[i]``, bit for bit, a few foreach kernels in all.
+
+    The choice is made by integer arithmetic on the bit patterns, ``t * k + o * (1 - k)``, because
+    in floating point a NaN on the rejected side would leak through (``NaN * 0`` is NaN), and torch
+    has no multi-tensor ``where``. ``keep`` is a 0-d bool tensor (no host sync); ``others`` is used
+    as scratch space and holds garbage afterwards.
+    """
+    by_kind: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
+    for t, o in zip(tensors, others):
+        bits = _BITS[t.element_size()]
+        ts, os_ = by_kind.setdefault((t.device, bits), ([], []))
+        ts.append(t.detach().view(bits))
+        os_.append(o.detach().view(bits))
+    for (device, bits), (ts, os_) in by_kind.items():
+        k = keep.to(device=device, dtype=bits)
+        torch._foreach_mul_(ts, k)
+        torch._foreach_mul_(os_, 1 - k)
+        torch._foreach_add_(ts, os_)
 
 
 def check_rho(rho: float) -> float:
@@ -523,8 +548,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 skipped = self._guarded_base_step(ok)
             if self._buffers:
                 with torch.no_grad():
-                    for b, before in zip(self._buffers, self._buf_before_step):
-                        torch.where(skipped.to(b.device), before, b, out=b)
+                    select_(~skipped, self._buffers, self._buf_before_step)
             return skipped
         finally:
             weights_changed()
@@ -544,23 +568,18 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             if state:
                 torch._foreach_copy_(self._state_backup, state)
             self.base.step()
-            for g in self.groups():
-                for p, b in zip(g.params, g.backup):
-                    torch.where(ok.to(p.device), p, b, out=p)
-            for t, b in zip(state, self._state_backup):
-                torch.where(ok.to(t.device), t, b, out=t)
+            params = [p for g in self.groups() for p in g.params]
+            backups = [b for g in self.groups() for b in g.backup]
+            select_(ok, params + state, backups + self._state_backup)
         return ~ok
 
     def _scaled_base_step(self, ok: Tensor) -> Tensor:
         assert self.scaler is not None
-        with torch.no_grad():
-            # An overflow in pass 1 must skip the step too: poison the gradients so the scaler sees it.
-            poison = torch.where(ok, 1.0, float("nan")).float()
-            for _, gs in self.grads():
-                torch._foreach_mul_(gs, poison.to(gs[0].device))
-        self.scaler.step(self.base)
-        per_device = self.scaler._per_optimizer_states[id(self.base)].get("found_inf_per_device", {})
-        found = [v.to(ok.device) for v in per_device.values()]
-        skipped = torch.stack(found).sum() > 0 if found else ~ok
+        self.scaler.unscale_(self.base)  # records the overflows of pass 2, per device
+        per_device = self.scaler._per_optimizer_states[id(self.base)]["found_inf_per_device"]
+        for found in per_device.values():  # an overflow in pass 1 must skip the step and lower the scale too
+            found.add_((~ok).to(found))
+        skipped = torch.stack([v.to(ok.device) for v in per_device.values()]).sum() > 0 if per_device else ~ok
+        self.scaler.step(self.base)  # skips the base step if any overflow was recorded
         self.scaler.update()
         return skipped

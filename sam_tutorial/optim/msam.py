@@ -198,11 +198,15 @@ class MSAM(PerturbedOptimizer):
             gnorms.append(gnorm)
         return self._stats(torch.stack(losses), torch.stack(losses2), torch.stack(gnorms))
 
-    def _stats(self, losses: Tensor, losses2: Tensor, gnorms: Tensor) -> StepStats:
-        """Average over micro-batches, then the guarded base step (weights already restored)."""
+    def _stats(self, losses: Tensor, losses2: Tensor, gnorms: Tensor, restore: bool = True) -> StepStats:
+        """Average over micro-batches, then the guarded base step (``restore``: put w and the
+        buffers back first; the vmap backend never moved them)."""
         ok = torch.isfinite(losses).all() & torch.isfinite(losses2).all()
         ok = ok & torch.isfinite(gnorms).all()
-        skipped = self.finish(ok)
+        if restore:
+            skipped = self.finish(ok)
+        else:
+            skipped = self.base_step(ok & torch.isfinite(self.grad_norm()))
         enorms = self.perturbation_scale(gnorms) * gnorms
         return StepStats(
             losses.mean(), losses2.mean(), self.unscaled(gnorms).mean(), enorms.mean(), skipped
@@ -217,7 +221,10 @@ class MSAM(PerturbedOptimizer):
         frozen = {name: p.detach() for name, p in named.items() if id(p) not in trainable}
         buffers = dict(self.model.named_buffers())
         xs, ys = _fold(inputs, k), _fold(targets, k)
-        amp = self.scaler._get_scale_async() if self.scaler is not None else None
+        # scaler.scale() creates the scale on first use (the private getter would return None then)
+        amp = None
+        if self.scaler is not None:
+            amp = self.scaler.scale(torch.ones((), device=as_tuple(inputs)[0].device))
 
         def chunk_losses(tp: dict[str, Tensor], bufs: dict[str, Tensor], x: Any, y: Any) -> Tensor:
             out = functional_call(self.model, ({**tp, **frozen}, bufs), as_tuple(x))
@@ -269,5 +276,4 @@ class MSAM(PerturbedOptimizer):
         )(perturbed, batched(buffers), xs, ys)
         self.backward(losses2.mean())
         self.save_weights()  # the weights never moved; the guarded base step needs their copy
-        self.save_buffers()
-        return self._stats(means.detach(), losses2.detach(), gnorms)
+        return self._stats(means.detach(), losses2.detach(), gnorms, restore=False)

@@ -167,6 +167,7 @@ class RWSAM(PerturbedOptimizer):
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
         self._z: list[tuple[Tensor, list[Tensor]]] = []
+        self._z_for: list[Any] | None = None
         self.last_weights: Tensor | None = None
         self.last_scores: Tensor | None = None
 
@@ -179,9 +180,8 @@ class RWSAM(PerturbedOptimizer):
     def _draw_probe(self) -> list[tuple[Tensor, list[Tensor]]]:
         """Fill one flat buffer per parameter group with z; return (flat, per-parameter views)."""
         groups = self.groups()
-        if len(self._z) != len(groups) or any(
-            flat.numel() != sum(p.numel() for p in g.params) for (flat, _), g in zip(self._z, groups)
-        ):
+        if self._z_for is not groups:  # groups() returns a new list only when the parameters change
+            self._z_for = groups
             self._z = []
             for g in groups:
                 flat = torch.empty(sum(p.numel() for p in g.params), device=g.params[0].device,

@@ -249,3 +249,42 @@ def test_only_sam_accepts_a_closure(name: str) -> None:
     opt = FACTORIES[name](model, sgd(model))
     with pytest.raises(ValueError, match="only SAM accepts a closure"):
         opt.step(lambda: torch.zeros(()))
+
+
+SCALED = ["sam", "usam", "nsam", "msam-loop", "msam-vmap", "rwsam", "sgd"]
+FACTORIES32 = {
+    **FACTORIES, "nsam": lambda m, b: NSAM(m, b, rho=0.1, data=(X_ALL.float(), Y_ALL), chunk_size=8)
+}
+
+
+@pytest.mark.parametrize("name", SCALED)
+def test_gradscaler_steps_equal_unscaled_steps(name: str) -> None:
+    """Scaling by a power of two is exact, so a scaled step equals the unscaled one (float32)."""
+    a, b = mlp(dtype=torch.float32), mlp(dtype=torch.float32)
+    opt_a, opt_b = FACTORIES32[name](a, sgd(a)), FACTORIES32[name](b, sgd(b))
+    opt_a.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for s in range(3):
+        x, y = batch(seed=s, dtype=torch.float32)
+        sa, sb = opt_a.step(x, y, CE), opt_b.step(x, y, CE)
+        torch.testing.assert_close(sa.grad_norm, sb.grad_norm, rtol=1e-6, atol=0)
+        assert not bool(sa.skipped)
+    assert_params_equal(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", SCALED)
+@pytest.mark.parametrize("which", ["first-call", "last-call"])
+def test_gradscaler_overflow_in_either_pass_skips_the_step_and_lowers_the_scale(
+    name: str, which: str
+) -> None:
+    model = mlp(bn=True, dtype=torch.float32)
+    opt = FACTORIES32[name](model, sgd(model))
+    opt.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    x, y = batch(dtype=torch.float32)
+    opt.step(x, y, CE)
+    counting = NaNAt(set())
+    opt.step(x, y, counting)
+    before, scale = snapshot(model, opt), opt.scaler.get_scale()
+    stats = opt.step(x, y, NaNAt({1 if which == "first-call" else counting.count}))
+    assert bool(stats.skipped)
+    assert_same(before, snapshot(model, opt))
+    assert opt.scaler.get_scale() == scale / 2
