@@ -20,9 +20,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sam_tutorial import cost
 from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM
 from sam_tutorial.optim.base import PerturbedOptimizer
 
@@ -51,11 +53,6 @@ def variants(
     return out
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_steps(
     model: nn.Module,
     inputs: Tensor,
@@ -64,42 +61,24 @@ def time_steps(
     *,
     rounds: int = 10,
     warmup: int = 2,
-    progress: bool = False,
 ) -> dict[str, float]:
-    """Median seconds per step of each optimizer, from interleaved rounds after ``warmup`` steps.
+    """Median seconds per step of each optimizer over ``rounds`` interleaved steps after ``warmup``.
 
-    Args:
-        model: the network; each variant trains its own deep copy.
-        inputs, targets: one batch, on the model's device.
-        factories: name -> ``factory(model, base)``; the base is SGD with momentum 0.9.
-        rounds: timed steps per variant.
-        warmup: untimed steps per variant first (caches, allocator, base-optimizer state).
-        progress: print one line per round.
+    The timing itself is :func:`sam_tutorial.cost.step_times` (one step per repeat, each variant on
+    its own copy of ``model``, SGD with momentum 0.9 as the base, the machine's thread count kept).
 
     Raises:
         ValueError: if ``rounds`` or ``warmup`` is out of range.
     """
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
-    device = inputs.device
-    opts = {}
-    for name, factory in factories.items():
-        copy_ = copy.deepcopy(model)
-        opts[name] = factory(copy_, torch.optim.SGD(copy_.parameters(), lr=1e-3, momentum=0.9))
-        for _ in range(warmup):
-            opts[name].step(inputs, targets, CE)
-    _sync(device)
-    samples: dict[str, list[float]] = {name: [] for name in factories}
-    for r in range(rounds):
-        for name, opt in opts.items():
-            _sync(device)
-            start = time.perf_counter()
-            opt.step(inputs, targets, CE)
-            _sync(device)
-            samples[name].append(time.perf_counter() - start)
-        if progress:
-            print(f"  round {r + 1}/{rounds}", flush=True)
-    return {name: statistics.median(ts) for name, ts in samples.items()}
+    with_base = {
+        name: (lambda m, f=f: f(m, torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)))
+        for name, f in factories.items()
+    }
+    per_round = cost.step_times(with_base, model, inputs, targets, CE, steps=1, repeats=rounds,
+                                warmup=warmup, cpu_threads=None)
+    return {name: float(np.median(ts)) for name, ts in per_round.items()}
 
 
 def ratios(times: dict[str, float]) -> dict[str, float]:
@@ -135,10 +114,10 @@ def trace_v_cost(model: nn.Module, inputs: Tensor, targets: Tensor, repeats: int
         fn()
         ts = []
         for _ in range(repeats):
-            _sync(device)
+            cost.sync(device)
             start = time.perf_counter()
             fn()
-            _sync(device)
+            cost.sync(device)
             ts.append(time.perf_counter() - start)
         out[name] = statistics.median(ts)
     out["trace_V/forward_backward"] = out["trace_V"] / out["forward_backward"]
@@ -156,7 +135,6 @@ def run(
     rounds: int = 10,
     warmup: int = 2,
     trace_samples: int | None = None,
-    progress: bool = False,
 ) -> dict[str, Any]:
     """The whole benchmark on one batch: step-time ratios and the cost of ``trace_V``.
 
@@ -169,7 +147,7 @@ def run(
     idx = torch.randint(0, batch, (4 * batch,), generator=g).to(inputs.device)
     nsam_data = (inputs[idx], targets[idx])  # n-SAM's data: 4 batches (its cost grows with |data|)
     factories = variants(batch, ms, backends, nsam_data)
-    times = time_steps(model, inputs, targets, factories, rounds=rounds, warmup=warmup, progress=progress)
+    times = time_steps(model, inputs, targets, factories, rounds=rounds, warmup=warmup)
     n = trace_samples or batch
     device = inputs.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"

@@ -43,6 +43,7 @@ __all__ = [
     "count_passes",
     "held_tensors",
     "step_times",
+    "sync",
 ]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -200,7 +201,8 @@ class PlainStep:
         return loss.detach()
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device (CUDA) so that a host clock measures the work; a no-op on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -275,10 +277,10 @@ def _time(
     out: dict[str, list[float]] = {name: [] for name in factories}
     for _ in range(repeats):
         for name, opt in opts.items():
-            _sync(device)
+            sync(device)
             start = clock()
             for _ in range(steps):
                 opt.step(inputs, targets, loss_fn)
-            _sync(device)
+            sync(device)
             out[name].append((clock() - start) / steps)
     return {name: np.asarray(ts) for name, ts in out.items()}

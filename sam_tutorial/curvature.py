@@ -35,7 +35,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp, vmap
 
-from sam_tutorial.functional import Inputs, LossFn, as_tuple, check_batch, flat_params, functional_losses
+from sam_tutorial.functional import (
+    Inputs,
+    LossFn,
+    as_tuple,
+    check_batch,
+    check_int,
+    flat_params,
+    functional_losses,
+)
 from sam_tutorial.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
 
 __all__ = [
@@ -43,6 +51,7 @@ __all__ = [
     "hessian_matrix",
     "hessian_trace",
     "hessian_vector_product",
+    "hutchinson_samples",
     "lanczos",
     "make_probes",
     "probe_variance",
@@ -51,12 +60,6 @@ __all__ = [
 
 PROBES = ("rademacher", "gaussian")
 """Probe distributions for Hutchinson's estimator (both have :math:`\\mathbb E zz^\\top=I`)."""
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 def _mean_loss(
@@ -201,8 +204,8 @@ def lanczos(
     >>> lanczos(lambda v: a @ v, 3, 3).round(decimals=5)
     tensor([1., 2., 3.])
     """
-    dim = _positive_int("dim", dim)
-    n_iter = _positive_int("n_iter", n_iter)
+    dim = check_int("dim", dim)
+    n_iter = check_int("n_iter", n_iter)
     if n_iter > dim:
         raise ValueError(f"n_iter must be in [1, dim] = [1, {dim}], got {n_iter}")
     basis = torch.zeros(n_iter, dim, dtype=dtype, device=device)
@@ -278,7 +281,7 @@ def top_eigenvalues(
     >>> top_eigenvalues(net, mse, torch.tensor([[1.0, 1.0]]), torch.zeros(1)).round(decimals=5)
     tensor([2.])
     """
-    k = _positive_int("k", k)
+    k = check_int("k", k)
     with _eval(model, eval_mode):
         f, w = _mean_loss(model, loss_fn, inputs, targets)
         dim = w.numel()
@@ -326,7 +329,7 @@ def make_probes(
     tensor([[1., 1., 1.],
             [1., 1., 1.]])
     """
-    n, dim = _positive_int("n", n), _positive_int("dim", dim)
+    n, dim = check_int("n", n), check_int("dim", dim)
     if kind == "rademacher":
         bits = torch.randint(0, 2, (n, dim), generator=generator, device=device)
         return (2 * bits - 1).to(dtype)
@@ -408,17 +411,45 @@ def hessian_trace(
     >>> hessian_trace(net, mse, torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.zeros(2), n_probes=1)
     tensor(1.)
     """
-    n_probes = _positive_int("n_probes", n_probes)
-    block_size = _positive_int("block_size", block_size)
+    return hutchinson_samples(
+        model, loss_fn, inputs, targets, n_probes=n_probes, probe=probe, block_size=block_size, seed=seed,
+        eval_mode=eval_mode,
+    ).mean()
+
+
+def hutchinson_samples(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: Inputs,
+    targets: Tensor,
+    *,
+    n_probes: int = 100,
+    probe: str = "rademacher",
+    block_size: int = 16,
+    seed: int = 0,
+    eval_mode: bool = True,
+) -> Tensor:
+    r"""The per-probe values :math:`z_s^\top\nabla^2 f\,z_s`, shape ``[n_probes]``, whose mean is
+    :func:`hessian_trace` (and whose standard deviation over :math:`\sqrt N` is its standard error).
+
+    Arguments and errors as :func:`hessian_trace`.
+
+    >>> net = torch.nn.Linear(2, 1, bias=False)
+    >>> mse = lambda out, y: 0.5 * (out.squeeze(-1) - y) ** 2
+    >>> hutchinson_samples(net, mse, torch.eye(2), torch.zeros(2), n_probes=3)
+    tensor([1., 1., 1.])
+    """
+    n_probes = check_int("n_probes", n_probes)
+    block_size = check_int("block_size", block_size)
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {', '.join(map(repr, PROBES))}; got {probe!r}")
     with _eval(model, eval_mode):
         f, w = _mean_loss(model, loss_fn, inputs, targets)
         hvp = _hvp_fn(f, w, _batchable(model))
         generator = torch.Generator(device=w.device).manual_seed(seed)
-        total = torch.zeros((), dtype=w.dtype, device=w.device)
+        values = []
         for start in range(0, n_probes, block_size):
             count = min(block_size, n_probes - start)
             z = make_probes(count, w.numel(), kind=probe, generator=generator, dtype=w.dtype, device=w.device)
-            total = total + (z * hvp(z)).sum()
-    return total / n_probes
+            values.append((z * hvp(z)).sum(1))
+    return torch.cat(values)

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
+from sam_tutorial.minibatch import sample_batches
 from sam_tutorial.noise import batch_distribution
 
 __all__ = [
@@ -252,13 +253,6 @@ def expected_update(
     return dist.probs @ dirs
 
 
-def _sample_batches(n: int, b: int, n_paths: int, *, replacement: bool, generator: torch.Generator) -> Tensor:
-    """Independent uniform batches of indices, one per path, ``[n_paths, b]`` (on the CPU)."""
-    if replacement:
-        return torch.randint(n, (n_paths, b), generator=generator)
-    return torch.rand(n_paths, n, generator=generator).argsort(1)[:, :b]
-
-
 def discrete_trajectory(
     losses: ProblemFn,
     x0: Tensor,
@@ -313,7 +307,7 @@ def discrete_trajectory(
     sgd_step = vmap(lambda x, d: _direction(losses, x, d, None, rho, v.normalize))
     out = [x]
     for _ in range(n_steps):
-        index = _sample_batches(n, b, n_paths, replacement=replacement, generator=gen).to(x.device)
+        index = sample_batches(n, b, n_paths, replacement=replacement, generator=gen).to(x.device)
         whole = _weights(index, n, b, x.dtype)
         micro = _weights(index, n, size, x.dtype) if v.scope == "micro" else whole
         descent, perturb = _plan(v, whole, micro, n)

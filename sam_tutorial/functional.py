@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 __all__ = [
+    "check_int",
     "Inputs",
     "LossFn",
     "as_tuple",
@@ -38,6 +39,17 @@ Inputs = Tensor | tuple[Tensor, ...]
 """A tensor or a tuple of tensors, the batch on dim 0."""
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """``loss_fn(outputs, targets) -> per-sample losses [B]``."""
+
+
+def check_int(name: str, value: object, low: int = 1) -> int:
+    """``value`` if it is an integer >= ``low`` (not a bool), else ``ValueError`` naming ``name``.
+
+    >>> check_int("k", 3)
+    3
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
 
 
 def as_tuple(inputs: Inputs) -> tuple[Tensor, ...]:

@@ -39,6 +39,7 @@ from sam_tutorial.functional import (
     LossFn,
     as_tuple,
     check_batch,
+    check_int,
     flat_params,
     functional_losses,
 )
@@ -55,12 +56,6 @@ __all__ = [
 # A chunk of batches holds at most this many samples, so [chunk, B, ...] inputs and the vmapped
 # activations stay small whatever B is.
 _CHUNK_SAMPLES = 2**14
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 def sample_batches(
@@ -93,7 +88,7 @@ def sample_batches(
     >>> sample_batches(4, 4, 1, generator=torch.Generator().manual_seed(1)).sort().values
     tensor([[0, 1, 2, 3]])
     """
-    n, b, num_batches = (_positive_int(k, v) for k, v in (("n", n), ("b", b), ("num_batches", num_batches)))
+    n, b, num_batches = (check_int(k, v) for k, v in (("n", n), ("b", b), ("num_batches", num_batches)))
     if not replacement and b > n:
         raise ValueError(f"b must be <= n = {n} without replacement, got {b}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -157,7 +152,7 @@ def batch_grads(
     if int(batches.min()) < 0 or int(batches.max()) >= n:
         raise ValueError(f"batches must index samples in [0, n) = [0, {n})")
     num, b = batches.shape
-    step = max(1, _CHUNK_SAMPLES // b) if chunk_size is None else _positive_int("chunk_size", chunk_size)
+    step = max(1, _CHUNK_SAMPLES // b) if chunk_size is None else check_int("chunk_size", chunk_size)
     with _eval(model, eval_mode):
         losses = functional_losses(model, loss_fn)
         w = flat_params(model)

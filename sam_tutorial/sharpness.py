@@ -41,7 +41,15 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from sam_tutorial.functional import Inputs, LossFn, as_tuple, check_batch, flat_params, functional_losses
+from sam_tutorial.functional import (
+    Inputs,
+    LossFn,
+    as_tuple,
+    check_batch,
+    check_int,
+    flat_params,
+    functional_losses,
+)
 from sam_tutorial.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
 
 __all__ = ["average_sharpness", "m_sharpness", "sam_sharpness"]
@@ -51,12 +59,6 @@ def _check_rho(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     return float(value)
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 def _batchable(model: nn.Module) -> bool:
@@ -85,7 +87,7 @@ def _micro_batches(
     """Mean-loss function of (w, micro-batch), flat params, and the data reshaped to ``[n/m, m, ...]``."""
     inputs = as_tuple(inputs)
     n = check_batch(inputs, targets)
-    m = n if m is None else _check_int("m", m, 1)
+    m = n if m is None else check_int("m", m, 1)
     if n % m:
         raise ValueError(f"m must divide the number of samples n={n}; got m={m}")
     k = n // m
@@ -155,8 +157,8 @@ def m_sharpness(
     tensor(0.1250)
     """
     rho = _check_rho("rho", rho)
-    n_iters = _check_int("n_iters", n_iters, 1)
-    restarts = _check_int("restarts", restarts, 1)
+    n_iters = check_int("n_iters", n_iters, 1)
+    restarts = check_int("restarts", restarts, 1)
     if step_size is not None and (
         isinstance(step_size, bool) or not isinstance(step_size, int | float) or not step_size > 0
     ):
@@ -292,7 +294,7 @@ def average_sharpness(
     True
     """
     sigma = _check_rho("sigma", sigma)
-    n_samples = _check_int("n_samples", n_samples, 1)
+    n_samples = check_int("n_samples", n_samples, 1)
     with _eval(model, eval_mode):
         mean_loss, w, xs, ys = _micro_batches(model, loss_fn, inputs, targets, None)
         x, y = tuple(t[0] for t in xs), ys[0]

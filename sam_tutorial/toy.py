@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import softplus
 
+from sam_tutorial.functional import check_int
+
 __all__ = [
     "DiagonalNetData",
     "DiagonalNetProblem",
@@ -33,12 +35,6 @@ __all__ = [
     "make_sharp_flat_problem",
     "train_diagonal_net",
 ]
-
-
-def _positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 class QuadraticProblem:
@@ -116,7 +112,7 @@ def make_quadratic_problem(
     >>> p.curvatures.shape, p.centres.shape
     (torch.Size([3, 2, 2]), torch.Size([3, 2]))
     """
-    n, dim = _positive("n", n), _positive("dim", dim)
+    n, dim = check_int("n", n), check_int("dim", dim)
     low, high = curvature_range
     if not 0 <= low <= high:
         raise ValueError(f"curvature_range must satisfy 0 <= low <= high, got {curvature_range!r}")
@@ -187,7 +183,7 @@ def logistic_data(
     >>> x.shape, sorted(set(y.tolist())) <= [-1.0, 1.0]
     (torch.Size([6, 3]), True)
     """
-    n, dim = _positive("n", n), _positive("dim", dim)
+    n, dim = check_int("n", n), check_int("dim", dim)
     if not 0 <= label_noise <= 1:
         raise ValueError(f"label_noise must be in [0, 1], got {label_noise!r}")
     gen = torch.Generator().manual_seed(seed)
@@ -240,8 +236,8 @@ def diagonal_net_data(
     >>> data.features.shape, int((data.beta_star != 0).sum())
     (torch.Size([20, 30]), 3)
     """
-    n, dim, n_test = _positive("n", n), _positive("dim", dim), _positive("n_test", n_test)
-    sparsity = _positive("sparsity", sparsity)
+    n, dim, n_test = check_int("n", n), check_int("dim", dim), check_int("n_test", n_test)
+    sparsity = check_int("sparsity", sparsity)
     if sparsity > dim:
         raise ValueError(f"sparsity must be <= dim = {dim}, got {sparsity}")
     gen = torch.Generator().manual_seed(seed)
@@ -347,7 +343,7 @@ def train_diagonal_net(
         )
     if rho < 0:
         raise ValueError(f"rho must be >= 0, got {rho!r}")
-    n_iters, n_records = _positive("n_iters", n_iters), _positive("n_records", n_records)
+    n_iters, n_records = check_int("n_iters", n_iters), check_int("n_records", n_records)
     x, y = data.features, data.targets
     n, d = x.shape
     gamma = 5.0 / d if lr is None else lr

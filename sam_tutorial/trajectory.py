@@ -47,7 +47,15 @@ import torch
 from torch import Tensor, nn
 
 from sam_tutorial import curvature, noise
-from sam_tutorial.functional import Inputs, LossFn, as_tuple, check_batch, flat_params, functional_losses
+from sam_tutorial.functional import (
+    Inputs,
+    LossFn,
+    as_tuple,
+    check_batch,
+    check_int,
+    flat_params,
+    functional_losses,
+)
 from sam_tutorial.functional import eval_mode as _eval
 
 __all__ = ["Snapshot", "SnapshotRecorder", "sample_model_labels", "sgn_eigenvectors", "snapshot", "stack"]
@@ -114,7 +122,7 @@ def sample_model_labels(
     """
     inputs = as_tuple(inputs)
     total = inputs[0].shape[0]
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size)
     labels = []
     with _eval(model, True), torch.no_grad():
         for start in range(0, total, batch_size):
@@ -124,12 +132,6 @@ def sample_model_labels(
             probs = logits.double().softmax(-1)
             labels.append(torch.multinomial(probs, 1, generator=generator).squeeze(1))
     return torch.cat(labels)
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 def sgn_eigenvectors(grads: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -156,7 +158,7 @@ def sgn_eigenvectors(grads: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if grads.dim() != 2 or grads.shape[0] < 1:
         raise ValueError(f"grads must have shape [n, P] with n >= 1, got {tuple(grads.shape)}")
     n, p = grads.shape
-    k = _positive_int("k", k)
+    k = check_int("k", k)
     if k > min(n, p):
         raise ValueError(f"k must be in [1, min(n, P)] = [1, {min(n, p)}], got {k}")
     gc = grads - grads.mean(0)
@@ -166,30 +168,6 @@ def sgn_eigenvectors(grads: Tensor, k: int) -> tuple[Tensor, Tensor]:
         raise ValueError(f"V has fewer than k={k} positive eigenvalues (its rank is at most n - 1 = {n - 1})")
     u = (gc.T @ vecs) / (n * vals).sqrt()
     return vals, u.T
-
-
-def _hutchinson(
-    model: nn.Module,
-    loss_fn: LossFn,
-    inputs: Inputs,
-    targets: Tensor,
-    n_probes: int,
-    seed: int,
-    block: int = 16,
-) -> tuple[float, float]:
-    """Hutchinson's trace estimate and its standard error from per-probe values ``z^T H z``."""
-    w = flat_params(model)
-    gen = torch.Generator(device=w.device).manual_seed(seed)
-    values = []
-    for start in range(0, n_probes, block):
-        z = curvature.make_probes(
-            min(block, n_probes - start), w.numel(), generator=gen, dtype=w.dtype, device=w.device
-        )
-        hz = curvature.hessian_vector_product(model, loss_fn, inputs, targets, z, eval_mode=False)
-        values.append((z * hz).sum(1))
-    v = torch.cat(values).double()
-    se = float(v.std(unbiased=True)) / math.sqrt(n_probes) if n_probes > 1 else float("nan")
-    return float(v.mean()), se
 
 
 def snapshot(
@@ -231,8 +209,8 @@ def snapshot(
     Raises:
         ValueError: for ``k < 1`` or ``n_probes < 1``, or as the functions it calls.
     """
-    k = _positive_int("k", k)
-    n_probes = _positive_int("n_probes", n_probes)
+    k = check_int("k", k)
+    n_probes = check_int("n_probes", n_probes)
     inputs = as_tuple(inputs)
     check_batch(inputs, targets)
     with _eval(model, True):
@@ -264,7 +242,10 @@ def snapshot(
             emp_fisher = float(noise.empirical_fisher_trace(model, loss_fn, inputs, targets, eval_mode=False))
             grad_sq = emp_fisher - trace_v
         fisher_tr = float(noise.fisher_trace(model, inputs, eval_mode=False)) if fisher else float("nan")
-        hess_tr, hess_se = _hutchinson(model, loss_fn, inputs, targets, n_probes, seed)
+        values = curvature.hutchinson_samples(model, loss_fn, inputs, targets, n_probes=n_probes, seed=seed,
+                                              eval_mode=False).double()
+        hess_tr = float(values.mean())
+        hess_se = float(values.std()) / math.sqrt(n_probes) if n_probes > 1 else float("nan")
     return Snapshot(
         loss=loss,
         grad_sq_norm=grad_sq,
