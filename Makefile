@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The exact torch pin lives here only; the package itself states a lower bound (Colab keeps its torch).
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= book,test,dev
+EXTRAS ?= data,book,test,dev
 STAMP := $(VENV)/.installed-$(shell echo $(TORCH_PIN) $(EXTRAS) | cksum | cut -d' ' -f1)
 STAGE := tools/stage
 JOBS ?= 2
@@ -31,7 +31,7 @@ PY ?= $(BIN)/python
 BENCH_JSON ?= _build/bench/bench-cpu.json
 GPU_OUT ?= _build/gpu-check
 
-.PHONY: all setup book test lint unit notebooks book-check bench gpu-check clean distclean help
+.PHONY: all setup book test lint typecheck unit notebooks book-check bench gpu-check clean distclean help
 
 all: test
 
@@ -60,11 +60,14 @@ book: $(STAMP)
 	@$(STAGE) book "check the HTML exists" test -f "$(BOOK_OUT)/_build/html/index.html"
 	@echo "The book is in $(BOOK_OUT)/_build/html/index.html"
 
-test: lint unit notebooks book-check
+test: lint typecheck unit notebooks book-check
 	@echo "make test: all stages passed"
 
 lint: $(STAMP)
 	@$(STAGE) test "ruff" "$(BIN)/ruff" check sam_tutorial tests
+
+typecheck: $(STAMP)
+	@$(STAGE) test "mypy" "$(BIN)/mypy"
 
 unit: $(STAMP)
 	@OMP_NUM_THREADS=1 $(STAGE) test "unit tests" "$(BIN)/pytest" -n $(JOBS) -q --doctest-modules sam_tutorial tests

@@ -59,7 +59,7 @@ def _experiment_name(parser: argparse.ArgumentParser) -> None:
 
 
 def _unknown(name: str) -> int:
-    from sam_tutorial.experiments import EXPERIMENTS
+    from sam_tutorial.engine.experiments import EXPERIMENTS
 
     print(f"error: unknown experiment {name!r}. Valid names:", file=sys.stderr)
     for valid in EXPERIMENTS:
@@ -69,7 +69,7 @@ def _unknown(name: str) -> int:
 
 @command("list", "list the experiments (name, then description)", lambda p: None)
 def _list(args: argparse.Namespace) -> int:
-    from sam_tutorial.experiments import list_experiments
+    from sam_tutorial.engine.experiments import list_experiments
 
     rows = list_experiments()
     width = max(len(name) for name, _ in rows)
@@ -94,8 +94,8 @@ def _run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from sam_tutorial import distributed
-    from sam_tutorial.experiments import EXPERIMENTS, run_experiment
+    from sam_tutorial.engine import distributed
+    from sam_tutorial.engine.experiments import EXPERIMENTS, run_experiment
 
     if args.name not in EXPERIMENTS:
         return _unknown(args.name)
@@ -130,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
 
 @command("show", "print the cached results of an experiment as a table", _experiment_name)
 def _show(args: argparse.Namespace) -> int:
-    from sam_tutorial.experiments import EXPERIMENTS, load_results
+    from sam_tutorial.engine.experiments import EXPERIMENTS, load_results
 
     if args.name not in EXPERIMENTS:
         return _unknown(args.name)
@@ -166,7 +166,7 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
-    from sam_tutorial import bench
+    from sam_tutorial.engine import bench
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available", file=sys.stderr)

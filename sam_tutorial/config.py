@@ -23,15 +23,17 @@ A chapter declares what each mode means for it once, in its ``parameters`` cell:
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
+from torch import Tensor
 
 Mode = Literal["quick", "standard", "paper"]
 
@@ -185,3 +187,94 @@ def budget(
         seconds=NOTEBOOK_SECONDS[chosen],
         knobs=MappingProxyType(dict(per_mode[chosen])),
     )
+
+
+# ---------------------------------------------------------------- generator state (checkpoints)
+def rng_state() -> dict[str, Any]:
+    """The state of every global generator (torch, CUDA, NumPy, Python) as a checkpointable dict."""
+    py = random.getstate()
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss)],
+        "python": [py[0], list(py[1]), py[2]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the generators saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- argument checks shared by the package
+Inputs = Tensor | tuple[Tensor, ...]
+"""A tensor or a tuple of tensors, the batch on dim 0."""
+
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+"""``loss_fn(outputs, targets) -> per-sample losses [B]``."""
+
+
+def check_int(name: str, value: object, low: int = 1) -> int:
+    """``value`` if it is an integer >= ``low`` (not a bool), else ``ValueError`` naming ``name``.
+
+    >>> check_int("k", 3)
+    3
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def as_tuple(inputs: Inputs) -> tuple[Tensor, ...]:
+    """``inputs`` as a tuple of tensors (a single tensor becomes a 1-tuple)."""
+    return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def check_batch(inputs: tuple[Tensor, ...], targets: Tensor) -> int:
+    """The batch size of ``inputs`` and ``targets`` (dim 0).
+
+    Raises:
+        ValueError: if there are no inputs, no samples, or the inputs and targets disagree on it.
+
+    >>> check_batch((torch.zeros(3, 2),), torch.zeros(3))
+    3
+    """
+    if len(inputs) == 0:
+        raise ValueError("inputs must be a tensor or a non-empty tuple of tensors")
+    size = inputs[0].shape[0] if inputs[0].dim() > 0 else 0
+    if size == 0:
+        raise ValueError("inputs must hold at least one sample (batch on dim 0)")
+    for t in (*inputs[1:], targets):
+        if t.dim() == 0 or t.shape[0] != size:
+            raise ValueError(
+                f"inputs and targets must share the batch size on dim 0; got {size} and {tuple(t.shape)}"
+            )
+    return size
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import ``module``, or raise an ``ImportError`` that names the extra providing it.
+
+    The core install is torch, numpy and tqdm; ``data`` adds mnist1d, ``book`` matplotlib and
+    ipywidgets (``pip install "sam_tutorial[book]"``).
+
+    >>> require("math", "data").sqrt(4.0)
+    2.0
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"{module.split('.')[0]} is not installed; it comes with the {extra!r} extra: "
+            f'pip install "sam_tutorial[{extra}]"'
+        ) from err

@@ -1,0 +1,317 @@
+"""Step-time benchmark of the SAM family, reported as ratios measured in one run.
+
+Every variant trains its own copy of the same model on the same batch; after a warm-up, the variants
+take turns step by step (interleaved rounds, so that drifts in machine load hit all of them alike) and
+each variant's median step time is kept. Ratios, not seconds, are the result: ``sam/sgd`` (physical
+limit about 2: two forward and two backward passes), ``rwsam/sam`` (about 7/6: one extra forward),
+``msam_m16_loop/sam`` and ``msam_m16_vmap/sam`` (the same arithmetic as SAM, in B/m pieces), ...
+
+The cost of ``trace_V`` over N samples is reported relative to one forward+backward over them.
+
+Run it as ``python -m sam_tutorial bench`` (or ``make bench``); see :func:`run`.
+"""
+
+
+from __future__ import annotations
+
+import copy
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sam_tutorial.engine import cost
+from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM
+from sam_tutorial.optim.base import PerturbedOptimizer
+
+__all__ = [
+    "CE",
+    "Factory",
+    "GOALS",
+    "PRESETS",
+    "best_msam",
+    "default_model",
+    "find_results",
+    "format_table",
+    "main",
+    "markdown_table",
+    "ratios",
+    "run",
+    "time_steps",
+    "trace_v_cost",
+    "variants",
+]
+
+
+Factory = Callable[[nn.Module, torch.optim.Optimizer], PerturbedOptimizer]
+
+
+CE = nn.CrossEntropyLoss(reduction="none")
+
+
+def variants(
+    batch: int, ms: tuple[int, ...], backends: tuple[str, ...], nsam_data: tuple[Tensor, Tensor]
+) -> dict[str, Factory]:
+    """The optimizers to time, by name (``msam_m{m}_{backend}`` for every m dividing ``batch``)."""
+    out: dict[str, Factory] = {
+        "sgd": lambda m, b: SAM(m, b, rho=0.0),
+        "sam": lambda m, b: SAM(m, b, rho=0.05),
+        "usam": lambda m, b: SAM(m, b, rho=0.05, normalize=False),
+        "nsam": lambda m, b: NSAM(m, b, rho=0.05, data=nsam_data, chunk_size=batch),
+        "rwsam": lambda m, b: RWSAM(m, b, rho=0.05, lam=1.0, delta=1e-3, seed=0),
+    }
+    for m in ms:
+        if batch % m:
+            continue
+        for backend in backends:
+            out[f"msam_m{m}_{backend}"] = (
+                lambda model, base, m=m, backend=backend: MSAM(model, base, rho=0.05, m=m, backend=backend)
+            )
+    return out
+
+
+def time_steps(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    factories: dict[str, Factory],
+    *,
+    rounds: int = 10,
+    warmup: int = 2,
+) -> dict[str, float]:
+    """Median seconds per step of each optimizer over ``rounds`` interleaved steps after ``warmup``.
+
+    The timing itself is :func:`sam_tutorial.engine.cost.step_times` (one step per repeat, each variant on
+    its own copy of ``model``, SGD with momentum 0.9 as the base, the machine's thread count kept).
+
+    Raises:
+        ValueError: if ``rounds`` or ``warmup`` is out of range.
+    """
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
+    with_base = {
+        name: (lambda m, f=f: f(m, torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)))
+        for name, f in factories.items()
+    }
+    per_round = cost.step_times(with_base, model, inputs, targets, CE, steps=1, repeats=rounds,
+                                warmup=warmup, cpu_threads=None)
+    return {name: float(np.median(ts)) for name, ts in per_round.items()}
+
+
+def ratios(times: dict[str, float]) -> dict[str, float]:
+    """``sam/sgd``, ``usam/sgd``, and every other variant relative to SAM (``rwsam/sam``, ...)."""
+    out = {"sam/sgd": times["sam"] / times["sgd"]}
+    if "usam" in times:
+        out["usam/sgd"] = times["usam"] / times["sgd"]
+    for name, t in times.items():
+        if name not in ("sgd", "sam", "usam"):
+            out[f"{name}/sam"] = t / times["sam"]
+    return out
+
+
+def trace_v_cost(model: nn.Module, inputs: Tensor, targets: Tensor, repeats: int = 5) -> dict[str, float]:
+    """Seconds of ``noise.trace_V`` over the given N samples and of one forward+backward over them.
+
+    Both in the same (eval) mode, medians of ``repeats``; the ratio is what the benchmark reports.
+    """
+    from sam_tutorial.sgn.variance import trace_V
+
+    device = inputs.device
+    model = copy.deepcopy(model).eval()
+
+    def plain() -> None:
+        model.zero_grad(set_to_none=True)
+        CE(model(inputs), targets).mean().backward()
+
+    def trace() -> None:
+        trace_V(model, CE, inputs, targets)
+
+    out = {}
+    for name, fn in (("forward_backward", plain), ("trace_V", trace)):
+        fn()
+        ts = []
+        for _ in range(repeats):
+            cost.sync(device)
+            start = time.perf_counter()
+            fn()
+            cost.sync(device)
+            ts.append(time.perf_counter() - start)
+        out[name] = statistics.median(ts)
+    out["trace_V/forward_backward"] = out["trace_V"] / out["forward_backward"]
+    return out
+
+
+def run(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    model_name: str,
+    ms: tuple[int, ...] = (64, 32, 16, 8),
+    backends: tuple[str, ...] = ("loop", "vmap"),
+    rounds: int = 10,
+    warmup: int = 2,
+    trace_samples: int | None = None,
+) -> dict[str, Any]:
+    """The whole benchmark on one batch: step-time ratios and the cost of ``trace_V``.
+
+    Returns:
+        A JSON-ready dict with keys ``device``, ``model``, ``batch``, ``ratios``, ``times`` (median
+        seconds per step), ``trace_V`` (seconds and ratio), ``torch``, ``platform``, ``rounds``.
+    """
+    batch = inputs.shape[0]
+    g = torch.Generator(device="cpu").manual_seed(1)
+    idx = torch.randint(0, batch, (4 * batch,), generator=g).to(inputs.device)
+    nsam_data = (inputs[idx], targets[idx])  # n-SAM's data: 4 batches (its cost grows with |data|)
+    factories = variants(batch, ms, backends, nsam_data)
+    times = time_steps(model, inputs, targets, factories, rounds=rounds, warmup=warmup)
+    n = trace_samples or batch
+    device = inputs.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {
+        "device": f"{device.type}: {name}",
+        "model": model_name,
+        "batch": batch,
+        "ratios": ratios(times),
+        "times": times,
+        "trace_V": {"samples": n, **trace_v_cost(model, inputs[:n], targets[:n])},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "rounds": rounds,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The result as a plain-text table (what ``python -m sam_tutorial bench`` prints)."""
+    lines = [f"device: {result['device']}   model: {result['model']}   batch: {result['batch']}",
+             f"{'variant':<22}{'ms/step':>10}"]
+    lines += [f"{k:<22}{1000 * v:>10.2f}" for k, v in result["times"].items()]
+    lines += ["", f"{'ratio':<26}{'value':>8}"]
+    lines += [f"{k:<26}{v:>8.3f}" for k, v in result["ratios"].items()]
+    tv = result["trace_V"]
+    lines += ["", f"trace_V over {tv['samples']} samples / one forward+backward: "
+                  f"{tv['trace_V/forward_backward']:.2f}"]
+    return "\n".join(lines)
+
+
+PRESETS: dict[str, tuple[str, tuple[int, ...], dict[str, Any]]] = {
+    "resnet18": ("resnet18", (3, 32, 32), {}),
+    "resnet18-w16": ("resnet18", (3, 32, 32), {"width": 16}),
+    "wrn16-4": ("wrn16-4", (3, 32, 32), {}),
+    "cnn1d": ("cnn1d", (1, 40), {}),
+    "mlp": ("mlp", (40,), {}),
+}
+"""The benchmark models by name, each a triple of the ``models.build_model`` name, the input shape and
+the options; CIFAR-sized inputs for the ResNets, MNIST-1D-sized ones for the small models."""
+
+
+def default_model(device: torch.device) -> str:
+    """A CIFAR ResNet-18 on CUDA; on the CPU a ResNet-18 of width 16 (0.7 M parameters)."""
+    return "resnet18" if device.type == "cuda" else "resnet18-w16"
+
+
+def main(
+    device: str | None = None,
+    model: str | None = None,
+    batch: int = 128,
+    json_path: str | None = None,
+    rounds: int = 10,
+    warmup: int = 2,
+) -> dict[str, Any]:
+    """Build the model and a random batch, run :func:`run`, print the table, write the JSON.
+
+    Raises:
+        ValueError: on an unknown model or device, or a batch size < 1.
+    """
+    import json
+    import os
+    import tempfile
+
+    from sam_tutorial.engine.models import build_model
+
+    dev = torch.device(device) if device else (
+        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    name = model or default_model(dev)
+    if name not in PRESETS:
+        raise ValueError(f"model must be one of {', '.join(PRESETS)}; got {name!r}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    arch, shape, options = PRESETS[name]
+    torch.manual_seed(0)
+    net = build_model(arch, num_classes=10, input_shape=shape, **options).to(dev)
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randn(batch, *shape, generator=g).to(dev)
+    targets = torch.randint(0, 10, (batch,), generator=g).to(dev)
+    ms = tuple(m for m in (64, 32, 16, 8) if m < batch)
+    result = run(net, inputs, targets, model_name=name, ms=ms, rounds=rounds, warmup=warmup)
+    print(format_table(result))
+    if json_path:
+        folder = os.path.dirname(os.path.abspath(json_path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(result, fh, indent=1)
+        os.replace(tmp, json_path)  # atomic: a killed run never leaves half a file
+        print(f"wrote {json_path}")
+    return result
+
+
+GOALS: dict[str, float] = {
+    "sam/sgd": 2.05,
+    "rwsam/sam": 1.20,
+    "msam_m16_best/sam (cpu)": 1.3,
+    "msam_m16_best/sam (cuda)": 1.5,
+}
+"""The project's speed goals (issue "Speed"): upper bounds on the measured ratios."""
+
+
+def find_results(folder: str | None = None) -> list[dict[str, Any]]:
+    """Recorded benchmark results ``bench-*.json``, sorted by file name.
+
+    Looks in ``folder`` if given, else in ``results/`` of the working directory, of its parent (a
+    notebook runs in ``book/``) and of the repository the package was installed from.
+    """
+    import json
+    from pathlib import Path
+
+    if folder is not None:
+        candidates = [Path(folder)]
+    else:
+        here = Path(__file__).resolve().parents[1]
+        candidates = [Path.cwd() / "results", Path.cwd().parent / "results", here / "results"]
+    for path in candidates:
+        files = sorted(path.glob("bench-*.json")) if path.is_dir() else []
+        if files:
+            return [json.loads(f.read_text()) for f in files]
+    return []
+
+
+def best_msam(result: dict[str, Any], m: int = 16) -> tuple[str, float] | None:
+    """The faster m-SAM backend for micro-batch size ``m`` and its ratio to SAM (what ``"auto"``
+    should choose on that device)."""
+    rows = [(k.split("/")[0].rsplit("_", 1)[1], v) for k, v in result["ratios"].items()
+            if k.startswith(f"msam_m{m}_")]
+    return min(rows, key=lambda r: r[1]) if rows else None
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """One row per ratio, one column per recorded device, as a Markdown table."""
+    keys: list[str] = []
+    for r in results:
+        keys += [k for k in r["ratios"] if k not in keys]
+    head = "| ratio | " + " | ".join(f"{r['device']} ({r['model']}, B={r['batch']})" for r in results) + " |"
+    lines = [head, "|---|" + "---:|" * len(results)]
+    for k in keys:
+        cells = [f"{r['ratios'][k]:.2f}" if k in r["ratios"] else "" for r in results]
+        lines.append(f"| `{k}` | " + " | ".join(cells) + " |")
+    tv = [f"{r['trace_V']['trace_V/forward_backward']:.2f}" for r in results]
+    lines.append("| `trace_V / forward+backward` | " + " | ".join(tv) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""DistributedDataParallel helpers: a process group from torchrun's environment, per-rank data shards.
+
+The optimizers take the DDP-wrapped model and a ``scope`` (``sam_tutorial.optim.base``): with
+``scope="local"`` every rank perturbs with its own gradient, which is m-SAM with m = the per-rank batch
+and costs one gradient all-reduce per step; ``scope="global"`` perturbs with the all-reduced gradient
+(SAM on the global batch, two all-reduces).
+
+Typical use, launched with ``torchrun --nproc_per_node N train.py``:
+
+.. code-block:: python
+
+    ctx = init_from_env()                          # gloo on CPU, nccl on CUDA
+    model = wrap(build_model().to(ctx.device), ctx)
+    opt = SAM(model, torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05, scope="local")
+    for x, y in batches:                           # the same global batches on every rank
+        x, y = shard((x, y), ctx)                  # this rank's contiguous part
+        opt.step(x, y, loss_fn)
+    destroy()
+
+Outside torchrun (no ``WORLD_SIZE`` in the environment), :func:`init_from_env` returns a one-process
+context and initialises nothing, so the same script runs on one device.
+
+A named experiment runs the same way from the command line, ``torchrun --nproc_per_node N -m
+sam_tutorial run NAME``: :func:`sam_tutorial.engine.train.fit` takes the context as ``dist=`` (see there and
+:mod:`sam_tutorial.engine.runs`).
+"""
+
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = ["DistContext", "destroy", "init_from_env", "shard", "wrap"]
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: its rank among ``world_size`` processes and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (the process that writes results)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_from_env(backend: str | None = None, device: str | None = None) -> DistContext:
+    """Initialise the default process group from torchrun's environment variables.
+
+    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and torchrun's ``MASTER_ADDR``/``MASTER_PORT``).
+    On CUDA each process takes the GPU ``LOCAL_RANK``.
+
+    Args:
+        backend: ``"gloo"`` or ``"nccl"``; default nccl when CUDA is available, else gloo.
+        device: ``"cpu"`` or ``"cuda"``; default CUDA when available.
+
+    Returns:
+        The process's :class:`DistContext`; ``world_size == 1`` without torchrun.
+
+    Raises:
+        ValueError: on an unknown backend or device, or a malformed environment.
+    """
+    use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
+    if device not in (None, "cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or None, got {device!r}")
+    if backend not in (None, "gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo', 'nccl' or None, got {backend!r}")
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError as err:
+        raise ValueError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers: {err}") from None
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} must be in [0, WORLD_SIZE={world})")
+    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"))
+    return DistContext(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def wrap(model: nn.Module, ctx: DistContext, **ddp_kwargs: object) -> nn.Module:
+    """Wrap ``model`` (already on ``ctx.device``) in DistributedDataParallel when distributed."""
+    if not ctx.distributed:
+        return model
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, **ddp_kwargs)  # type: ignore[arg-type]
+
+
+def shard(tensors: Tensor | tuple[Tensor, ...], ctx: DistContext) -> Tensor | tuple[Tensor, ...]:
+    """This rank's contiguous part of a global batch (dim 0), so that the ranks' parts concatenated in
+    rank order give the global batch back.
+
+    Raises:
+        ValueError: if the batch size is not a multiple of the world size.
+
+    >>> ctx = DistContext(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
+    >>> shard(torch.arange(6), ctx)
+    tensor([3, 4, 5])
+    """
+    parts = tensors if isinstance(tensors, tuple) else (tensors,)
+    n = parts[0].shape[0]
+    if n % ctx.world_size:
+        raise ValueError(f"the batch of {n} samples must be a multiple of the world size {ctx.world_size}")
+    b = n // ctx.world_size
+    out = tuple(t[ctx.rank * b : (ctx.rank + 1) * b] for t in parts)
+    return out if isinstance(tensors, tuple) else out[0]
+
+
+def destroy() -> None:
+    """Tear the default process group down, if one is up."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,150 @@
+"""Models as pure functions of one flat parameter vector, for :mod:`torch.func` transforms.
+
+The analysis modules (:mod:`~sam_tutorial.sgn.variance`, :mod:`~sam_tutorial.curvature`,
+:mod:`~sam_tutorial.curvature.sharpness`) differentiate a model's loss with respect to its trainable
+parameters
+flattened in ``model.parameters()`` order. The functions here build that view with
+:func:`torch.func.functional_call`, so the model itself is never modified, and a context manager
+switches a model to eval mode (BatchNorm running statistics, no dropout) for a block.
+
+>>> import torch
+>>> net = torch.nn.Linear(2, 1)
+>>> fn = functional_losses(net, lambda out, y: (out.squeeze(-1) - y) ** 2)
+>>> w = flat_params(net)
+>>> torch.allclose(fn(w, torch.ones(3, 2), torch.zeros(3)), (net(torch.ones(3, 2)).squeeze(-1)) ** 2)
+True
+"""
+
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from sam_tutorial.config import Inputs, LossFn, as_tuple
+
+__all__ = ["eval_mode", "flat_params", "functional_losses", "functional_outputs"]
+
+
+def _trainable(model: nn.Module) -> list[tuple[str, Tensor]]:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("model has no parameter with requires_grad=True")
+    return named
+
+
+def flat_params(model: nn.Module) -> Tensor:
+    """The trainable parameters of ``model`` as one detached vector, in ``parameters()`` order.
+
+    Args:
+        model: any module; parameters with ``requires_grad=False`` are left out.
+
+    Returns:
+        Tensor of shape ``[P]`` in the promoted dtype of the parameters.
+
+    >>> flat_params(torch.nn.Linear(3, 2)).shape
+    torch.Size([8])
+    """
+    params = [p.detach() for _, p in _trainable(model)]
+    dtype = params[0].dtype
+    for p in params[1:]:
+        dtype = torch.promote_types(dtype, p.dtype)
+    return torch.cat([p.reshape(-1).to(dtype) for p in params])
+
+
+@contextmanager
+def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode (BatchNorm uses running statistics, dropout off) for a block.
+
+    Every module's ``training`` flag is restored on exit. With ``enabled=False`` nothing changes.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout()).train()
+    >>> with eval_mode(net):
+    ...     net[1].training
+    False
+    >>> net[1].training
+    True
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    if enabled:
+        model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def functional_outputs(model: nn.Module) -> Callable[[Tensor, Inputs], Tensor]:
+    """A pure function ``(w, inputs) -> outputs`` of the flat trainable parameters ``w``.
+
+    The function calls the model through :func:`torch.func.functional_call`, so it composes with
+    ``grad``, ``jvp`` and ``vmap``; the model's own parameters are never modified. The modules'
+    ``training`` flags are read when the function is called; if any module is training, buffers are
+    cloned on every call, so BatchNorm running statistics of ``model`` are never updated through it.
+
+    Args:
+        model: the network.
+
+    Returns:
+        ``fn(w, inputs)`` with ``w`` of shape ``[P]`` (see :func:`flat_params`).
+
+    >>> net = torch.nn.Linear(2, 1)
+    >>> fn = functional_outputs(net)
+    >>> torch.allclose(fn(flat_params(net), torch.ones(4, 2)), net(torch.ones(4, 2)))
+    True
+    """
+    named = _trainable(model)
+    names = [n for n, _ in named]
+    shapes = [p.shape for _, p in named]
+    dtypes = [p.dtype for _, p in named]
+    sizes = [p.numel() for _, p in named]
+    trainable = set(names)
+    frozen = {n: p.detach() for n, p in model.named_parameters() if n not in trainable}
+    buffers = dict(model.named_buffers())
+
+    def fn(w: Tensor, inputs: Inputs) -> Tensor:
+        parts = torch.split(w, sizes)
+        params = {n: t.view(s).to(d) for n, t, s, d in zip(names, parts, shapes, dtypes, strict=True)}
+        # Training-mode BatchNorm updates its running statistics in place: give it fresh copies made
+        # inside the (possibly transformed) call, which torch.func allows to be mutated.
+        training = any(m.training for m in model.modules())
+        bufs = {n: b.clone() for n, b in buffers.items()} if training else buffers
+        return functional_call(model, (params, frozen, bufs), as_tuple(inputs))
+
+    return fn
+
+
+def functional_losses(model: nn.Module, loss_fn: LossFn) -> Callable[[Tensor, Inputs, Tensor], Tensor]:
+    """A pure function ``(w, inputs, targets) -> per-sample losses [B]`` of the flat parameters.
+
+    Args:
+        model: the network.
+        loss_fn: ``loss_fn(outputs, targets)`` returning per-sample losses, shape ``[B]``.
+
+    Returns:
+        ``fn(w, inputs, targets)``; it raises ``ValueError`` if ``loss_fn`` does not return shape
+        ``[B]`` (e.g. a loss with ``reduction="mean"``).
+
+    >>> net = torch.nn.Linear(2, 1)
+    >>> fn = functional_losses(net, lambda out, y: (out.squeeze(-1) - y) ** 2)
+    >>> fn(flat_params(net), torch.ones(4, 2), torch.zeros(4)).shape
+    torch.Size([4])
+    """
+    outputs = functional_outputs(model)
+
+    def fn(w: Tensor, inputs: Inputs, targets: Tensor) -> Tensor:
+        inputs = as_tuple(inputs)
+        losses = loss_fn(outputs(w, inputs), targets)
+        if losses.shape != (inputs[0].shape[0],):
+            raise ValueError(
+                f"loss_fn must return per-sample losses of shape [B]=[{inputs[0].shape[0]}] "
+                f"(e.g. reduction='none'); got shape {tuple(losses.shape)}"
+            )
+        return losses
+
+    return fn

@@ -1,0 +1,332 @@
+r"""The discrete SAM-family algorithms on a toy problem, for many independent runs at once, and their
+exact expected one-step update.
+
+A problem is a callable ``losses(x) -> [n]`` of the parameters ``x`` ``[d]`` (see
+:mod:`sam_tutorial.theory.problems`). With :math:`g_S(x)=\frac1{|S|}\sum_{i\in S}\nabla f_i(x)` and a batch
+:math:`\gamma` of size :math:`b`, one step is :math:`x\leftarrow x-\eta\,D_\gamma(x)` with
+(paper §2):
+
+============ ===================================================================================
+variant      update direction :math:`D_\gamma(x)`
+============ ===================================================================================
+``sgd``      :math:`g_\gamma(x)`
+``usam``     :math:`g_\gamma(x+\rho\,g_\gamma(x))`
+``n-usam``   :math:`g_\gamma(x+\rho\,\nabla f(x))`
+``m-usam``   :math:`\frac mb\sum_j g_{I_j}(x+\rho\,g_{I_j}(x))`, :math:`\gamma=I_1\cup\dots\cup I_{b/m}`
+``sam``      :math:`g_\gamma(x+\rho\,g_\gamma/\|g_\gamma\|)`
+``n-sam``    :math:`g_\gamma(x+\rho\,\nabla f/\|\nabla f\|)`
+``m-sam``    :math:`\frac mb\sum_j g_{I_j}(x+\rho\,g_{I_j}/\|g_{I_j}\|)`
+============ ===================================================================================
+
+Batches are uniform ``b``-subsets (``replacement=False``, the paper's "fixed cardinality"; the
+default) or ``b`` indices drawn with replacement. Micro-batches are consecutive blocks of a batch
+drawn in random order, so each is marginally a uniform ``m``-subset: the expected m-variant update
+depends on ``m`` only.
+
+>>> from sam_tutorial.theory.problems import make_quadratic_problem
+>>> p = make_quadratic_problem(n=4, dim=2)
+>>> x0 = torch.ones(2, dtype=torch.float64)
+>>> discrete_trajectory(p, x0, "m-sam", eta=0.1, rho=0.05, b=4, m=2, n_steps=3, n_paths=5).shape
+torch.Size([4, 5, 2])
+"""
+
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.func import grad, vmap
+
+from sam_tutorial.sgn.batches import batch_distribution
+from sam_tutorial.sgn.monte_carlo import sample_batches
+
+__all__ = [
+    "ProblemFn",
+    "VARIANTS",
+    "Variant",
+    "check_sizes",
+    "discrete_trajectory",
+    "expected_update",
+    "parse_variant",
+    "update_direction",
+]
+
+
+ProblemFn = Callable[[Tensor], Tensor]
+
+
+VARIANTS = ("sgd", "usam", "n-usam", "m-usam", "sam", "n-sam", "m-sam")
+"""The algorithms of the paper's §4.2 table."""
+
+
+class Variant(NamedTuple):
+    """A parsed variant name."""
+
+    name: str
+    """one of :data:`VARIANTS`."""
+
+    scope: str
+    """The source of the perturbation, ``"none"`` (SGD), ``"batch"``, ``"full"`` (the full-data
+    gradient) or ``"micro"`` (each micro-batch)."""
+
+    normalize: bool
+    """SAM (``True``) or USAM (``False``) perturbation."""
+
+
+def parse_variant(name: str) -> Variant:
+    """Parse a variant name.
+
+    Raises:
+        ValueError: if ``name`` is not in :data:`VARIANTS`.
+
+    >>> parse_variant("m-sam")
+    Variant(name='m-sam', scope='micro', normalize=True)
+    """
+    if name not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(map(repr, VARIANTS))}; got {name!r}")
+    if name == "sgd":
+        return Variant(name, "none", False)
+    scope = {"n": "full", "m": "micro"}.get(name.split("-")[0], "batch") if "-" in name else "batch"
+    return Variant(name, scope, name.endswith("-sam") or name == "sam")
+
+
+def check_sizes(n: int, variant: Variant, b: int, m: int | None, replacement: bool) -> int:
+    """Validate ``b`` and ``m`` for ``n`` samples; return the size of one perturbation's batch.
+
+    Raises:
+        ValueError: if ``b < 1``, ``b > n`` without replacement, ``m`` missing or not dividing ``b``
+            for m-variants, or ``m`` given (other than ``b``) for a variant without micro-batches.
+
+    >>> check_sizes(8, parse_variant("m-usam"), 4, 2, False)
+    2
+    """
+    if isinstance(b, bool) or not isinstance(b, int) or b < 1 or (not replacement and b > n):
+        limit = "" if replacement else f" and <= n = {n} (without replacement)"
+        raise ValueError(f"b must be an integer >= 1{limit}; got {b!r}")
+    if variant.scope == "micro":
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1 or b % m:
+            raise ValueError(f"m must be a positive integer dividing b = {b} for {variant.name!r}; got {m!r}")
+        return m
+    if m is not None and m != b:
+        raise ValueError(
+            f"m is only used by 'm-usam' and 'm-sam' (or must equal b); got m={m!r} for {variant.name!r}"
+        )
+    return b
+
+
+def _weighted_grad(losses: ProblemFn) -> Callable[[Tensor, Tensor], Tensor]:
+    """``(x, w) -> grad of w @ losses at x``: the gradient of a weighted batch loss."""
+    return grad(lambda x, w: w @ losses(x))
+
+
+def _direction(
+    losses: ProblemFn, x: Tensor, descent: Tensor, perturb: Tensor | None, rho: float, normalize: bool
+) -> Tensor:
+    """Mean over rows ``j`` of ``grad(descent_j . losses)(x + rho * N(grad(perturb_j . losses)(x)))``."""
+    wg = vmap(_weighted_grad(losses), in_dims=(None, 0))
+    if perturb is None or rho == 0:
+        return wg(x, descent).mean(0)
+    p = wg(x, perturb)
+    if normalize:
+        p = p / p.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+    return vmap(_weighted_grad(losses))(x + rho * p, descent).mean(0)
+
+
+def _weights(index: Tensor, n: int, group: int, dtype: torch.dtype) -> Tensor:
+    """Index rows ``[..., b]`` to weight rows ``[..., b/group, n]`` (``count/group`` per block)."""
+    blocks = index.reshape(*index.shape[:-1], index.shape[-1] // group, group)
+    out = torch.zeros(*blocks.shape[:-1], n, dtype=dtype, device=index.device)
+    return out.scatter_add_(
+        -1, blocks, torch.full(blocks.shape, 1.0 / group, dtype=dtype, device=index.device)
+    )
+
+
+def _plan(
+    variant: Variant, batch_weights: Tensor, micro_weights: Tensor, n: int
+) -> tuple[Tensor, Tensor | None]:
+    """Descent and perturbation weight rows for one batch."""
+    if variant.scope == "none":
+        return batch_weights, None
+    if variant.scope == "full":
+        return batch_weights, torch.full_like(batch_weights, 1.0 / n)
+    if variant.scope == "micro":
+        return micro_weights, micro_weights
+    return batch_weights, batch_weights
+
+
+def update_direction(
+    losses: ProblemFn, x: Tensor, variant: str, batch: Tensor, *, rho: float, m: int | None = None
+) -> Tensor:
+    r"""The direction :math:`D_\gamma(x)` of one step on the batch of indices ``batch`` (table above).
+
+    Args:
+        losses: the problem, ``x [d] -> [n]``.
+        x: parameters ``[d]``.
+        variant: one of :data:`VARIANTS`.
+        batch: sample indices ``[b]`` (micro-batches are consecutive blocks of ``m``).
+        rho: perturbation radius.
+        m: micro-batch size (m-variants).
+
+    Returns:
+        Tensor ``[d]``; the step is ``x - eta * direction``.
+
+    Raises:
+        ValueError: for an unknown variant or bad ``m``.
+
+    >>> from sam_tutorial.theory.problems import make_quadratic_problem
+    >>> p = make_quadratic_problem(n=4, dim=2)
+    >>> x = torch.ones(2, dtype=torch.float64)
+    >>> torch.allclose(update_direction(p, x, "sgd", torch.arange(4), rho=0.1), p.grads(x).mean(0))
+    True
+    """
+    v = parse_variant(variant)
+    n = losses(x).shape[-1]
+    check_sizes(n, v, batch.shape[0], m, replacement=True)
+    batch = batch.to(x.device)
+    whole = _weights(batch, n, batch.shape[0], x.dtype)
+    micro = _weights(batch, n, m, x.dtype) if v.scope == "micro" else whole
+    descent, perturb = _plan(v, whole, micro, n)
+    return _direction(losses, x, descent, perturb, rho, v.normalize)
+
+
+def expected_update(
+    losses: ProblemFn,
+    x: Tensor,
+    variant: str,
+    *,
+    rho: float,
+    b: int,
+    m: int | None = None,
+    replacement: bool = False,
+    max_batches: int = 4096,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r""":math:`\mathbb E_\gamma D_\gamma(x)`, the mean update direction over the batch law.
+
+    Exact by enumeration when there are at most ``max_batches`` batches (for m-variants: micro-batches
+    of size ``m``, whose law alone fixes the mean), else a Monte Carlo average. n-variants need no
+    enumeration: their direction is linear in the descent batch, so the mean is
+    :math:`\nabla f(x+\rho\,\nabla f/\|\nabla f\|)` (or without the norm).
+
+    Args:
+        losses: the problem, ``x [d] -> [n]``.
+        x: parameters ``[d]``.
+        variant: one of :data:`VARIANTS`.
+        rho: perturbation radius.
+        b: batch size.
+        m: micro-batch size (m-variants).
+        replacement: the sampling scheme.
+        max_batches: enumeration limit.
+        generator: CPU generator for the Monte Carlo case.
+
+    Returns:
+        Tensor ``[d]``.
+
+    Raises:
+        ValueError: for an unknown variant or bad sizes.
+
+    >>> from sam_tutorial.theory.problems import make_quadratic_problem
+    >>> p = make_quadratic_problem(n=4, dim=2)
+    >>> x = torch.ones(2, dtype=torch.float64)
+    >>> torch.allclose(expected_update(p, x, "sgd", rho=0.0, b=2), p.grads(x).mean(0))
+    True
+    """
+    v = parse_variant(variant)
+    n = losses(x).shape[-1]
+    size = check_sizes(n, v, b, m, replacement)
+    if v.scope == "full":
+        uniform = torch.full((1, n), 1.0 / n, dtype=x.dtype, device=x.device)
+        return _direction(losses, x, uniform, uniform, rho, v.normalize)
+    dist = batch_distribution(
+        n,
+        size,
+        replacement=replacement,
+        max_batches=max_batches,
+        generator=generator,
+        dtype=x.dtype,
+        device=x.device,
+    )
+    rows = dist.weights.unsqueeze(1)  # one block per batch
+    if v.scope == "none":
+        dirs = vmap(lambda d: _direction(losses, x, d, None, rho, False))(rows)
+    else:
+        dirs = vmap(lambda d: _direction(losses, x, d, d, rho, v.normalize))(rows)
+    return dist.probs @ dirs
+
+
+def discrete_trajectory(
+    losses: ProblemFn,
+    x0: Tensor,
+    variant: str,
+    *,
+    eta: float,
+    rho: float,
+    b: int,
+    m: int | None = None,
+    n_steps: int,
+    n_paths: int = 1,
+    replacement: bool = False,
+    seed: int = 0,
+) -> Tensor:
+    r"""``n_paths`` independent runs of :math:`x_{k+1}=x_k-\eta D_{\gamma_k}(x_k)`, batched with ``vmap``.
+
+    Args:
+        losses: the problem, ``x [d] -> [n]``.
+        x0: start ``[d]`` (shared by all paths) or ``[n_paths, d]``.
+        variant: one of :data:`VARIANTS`.
+        eta: learning rate :math:`\eta > 0`.
+        rho: perturbation radius :math:`\rho\ge0`.
+        b: batch size.
+        m: micro-batch size (m-variants).
+        n_steps: number of steps.
+        n_paths: number of independent runs.
+        replacement: sampling scheme of the batches.
+        seed: seed of the CPU generator that draws the batches.
+
+    Returns:
+        Tensor ``[n_steps + 1, n_paths, d]`` (the start included).
+
+    Raises:
+        ValueError: for an unknown variant, bad sizes, ``eta <= 0``, ``rho < 0``, ``n_steps < 0``
+            or ``n_paths < 1``.
+
+    >>> from sam_tutorial.theory.problems import make_quadratic_problem
+    >>> p = make_quadratic_problem(n=4, dim=2)
+    >>> xs = discrete_trajectory(p, p.minimizer(), "sgd", eta=0.1, rho=0.0, b=4, n_steps=2)
+    >>> torch.allclose(xs[-1, 0], p.minimizer())   # full batch at the minimiser: no motion
+    True
+    """
+    v = parse_variant(variant)
+    n = losses(x0.reshape(-1, x0.shape[-1])[0]).shape[-1]
+    size = check_sizes(n, v, b, m, replacement)
+    _check_run(eta, rho, n_steps, n_paths)
+    x = x0.expand(n_paths, x0.shape[-1]).clone() if x0.dim() == 1 else x0.clone()
+    if x.shape[0] != n_paths:
+        raise ValueError(f"x0 must be [d] or [n_paths, d] = [{n_paths}, d]; got {tuple(x0.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    step = vmap(lambda x, d, p: _direction(losses, x, d, p, rho, v.normalize))
+    sgd_step = vmap(lambda x, d: _direction(losses, x, d, None, rho, v.normalize))
+    out = [x]
+    for _ in range(n_steps):
+        index = sample_batches(n, b, n_paths, replacement=replacement, generator=gen).to(x.device)
+        whole = _weights(index, n, b, x.dtype)
+        micro = _weights(index, n, size, x.dtype) if v.scope == "micro" else whole
+        descent, perturb = _plan(v, whole, micro, n)
+        d = sgd_step(x, descent) if perturb is None else step(x, descent, perturb)
+        x = x - eta * d
+        out.append(x)
+    return torch.stack(out)
+
+
+def _check_run(eta: float, rho: float, n_steps: int, n_paths: int) -> None:
+    if not eta > 0:
+        raise ValueError(f"eta must be > 0, got {eta!r}")
+    if not rho >= 0:
+        raise ValueError(f"rho must be >= 0, got {rho!r}")
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
+        raise ValueError(f"n_steps must be an integer >= 0, got {n_steps!r}")
+    if isinstance(n_paths, bool) or not isinstance(n_paths, int) or n_paths < 1:
+        raise ValueError(f"n_paths must be an integer >= 1, got {n_paths!r}")

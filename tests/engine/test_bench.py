@@ -1,0 +1,80 @@
+"""The benchmark: ratios are computed from the measured times, every variant is timed, bad input named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from sam_tutorial.__main__ import main
+from sam_tutorial.engine import bench
+
+
+def test_ratios_are_the_quotients_of_the_times() -> None:
+    times = {"sgd": 1.0, "sam": 2.0, "usam": 2.2, "rwsam": 2.4, "msam_m16_loop": 3.0}
+    r = bench.ratios(times)
+    assert r == {"sam/sgd": 2.0, "usam/sgd": 2.2, "rwsam/sam": 1.2, "msam_m16_loop/sam": 1.5}
+
+
+def test_variants_cover_the_family_and_skip_m_not_dividing_b() -> None:
+    data = (torch.zeros(8, 3), torch.zeros(8, dtype=torch.long))
+    names = set(bench.variants(16, (64, 8, 3), ("loop", "vmap"), data))
+    assert names == {"sgd", "sam", "usam", "nsam", "rwsam", "msam_m8_loop", "msam_m8_vmap"}
+
+
+def test_time_steps_times_every_variant_on_its_own_copy() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    data = (x, y)
+    times = bench.time_steps(model, x, y, bench.variants(8, (4,), ("loop", "vmap"), data), rounds=2,
+                             warmup=1)
+    assert set(times) == {"sgd", "sam", "usam", "nsam", "rwsam", "msam_m4_loop", "msam_m4_vmap"}
+    assert all(t > 0 for t in times.values())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the model is untouched
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        bench.time_steps(model, x, y, {}, rounds=0)
+
+
+def test_cli_writes_json_with_the_documented_keys(tmp_path, capsys) -> None:
+    out = tmp_path / "b.json"
+    assert main(["bench", "--device", "cpu", "--model", "mlp", "--batch", "16", "--rounds", "1",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {"device", "model", "ratios", "times"} <= set(result)
+    assert result["ratios"]["sam/sgd"] == pytest.approx(result["times"]["sam"] / result["times"]["sgd"])
+    assert "msam_m8_vmap/sam" in result["ratios"]
+    assert result["trace_V"]["trace_V/forward_backward"] > 0
+    assert "sam/sgd" in capsys.readouterr().out
+
+
+def test_cli_rejects_unknown_models(capsys) -> None:
+    assert main(["bench", "--device", "cpu", "--model", "vgg11"]) == 2
+    assert "model must be one of resnet18" in capsys.readouterr().err
+
+
+RESULT = {
+    "device": "cpu: x", "model": "m", "batch": 128,
+    "ratios": {"sam/sgd": 2.0, "rwsam/sam": 1.1, "msam_m16_loop/sam": 1.2, "msam_m16_vmap/sam": 1.4},
+    "times": {}, "trace_V": {"trace_V/forward_backward": 1.5},
+}
+
+
+def test_best_msam_picks_the_faster_backend() -> None:
+    assert bench.best_msam(RESULT) == ("loop", 1.2)
+    assert bench.best_msam(RESULT, m=8) is None
+
+
+def test_markdown_table_has_one_row_per_ratio(tmp_path) -> None:
+    (tmp_path / "bench-b.json").write_text(json.dumps(RESULT))
+    (tmp_path / "bench-a.json").write_text(json.dumps({**RESULT, "device": "cuda: y"}))
+    found = bench.find_results(str(tmp_path))
+    assert [r["device"] for r in found] == ["cuda: y", "cpu: x"]  # sorted by file name
+    table = bench.markdown_table(found).splitlines()
+    assert table[0] == "| ratio | cuda: y (m, B=128) | cpu: x (m, B=128) |"
+    assert "| `msam_m16_vmap/sam` | 1.40 | 1.40 |" in table
+    assert table[-1] == "| `trace_V / forward+backward` | 1.50 | 1.50 |"
+    assert len(table) == 2 + 4 + 1
