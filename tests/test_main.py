@@ -89,9 +89,9 @@ def test_run_then_show(tmp_path: Path, env: dict[str, str], capsys: pytest.Captu
     assert main(["show", "smoke", "--mode", "quick", "--out", out, "--seed", "3"]) == 0
     shown = capsys.readouterr().out
     assert table in shown and "smoke (quick mode)" in shown
-    assert [line.split()[0] for line in table.splitlines()[2:]] == ["sgd", "sam", "msam-m16", "rwsam"]
+    assert [line.split()[0] for line in table.splitlines()[2:]] == ["sgd", "sam", "m-sam-m16", "rw-sam"]
     files = (tmp_path / "runs" / "smoke" / "quick").glob("*.json")
-    assert sorted(p.name.split("-seed")[0] for p in files) == ["msam-m16", "rwsam", "sam", "sgd"]
+    assert sorted(p.name.split("-seed")[0] for p in files) == ["m-sam-m16", "rw-sam", "sam", "sgd"]
 
 
 # ----------------------------------------------------------------------------- crash safety

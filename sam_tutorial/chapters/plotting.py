@@ -32,14 +32,12 @@ COLORS: dict[str, str] = {
     "sam": "#1f77b4",
     "usam": "#6baed6",
     "asam": "#17becf",
-    "nsam": "#9467bd",
     "n-sam": "#9467bd",
     "n-usam": "#c5b0d5",
-    "m-usam": "#ff9896",
-    "msam": "#d62728",
     "m-sam": "#d62728",
-    "rwsam": "#2ca02c",
+    "m-usam": "#ff9896",
     "rw-sam": "#2ca02c",
+    "rw-usam": "#98df8a",
 }
 """A fixed colour per variant (keys are lower-case names, with or without the hyphen)."""
 
@@ -67,7 +65,7 @@ def use_style() -> None:
 
 
 def color(name: str) -> str:
-    """The colour of a variant by name (``"SAM"``, ``"m-SAM"``, ``"msam_m16"`` ...); grey if unknown."""
+    """The colour of a variant by name (``"SAM"``, ``"m-SAM"``, ``"m-sam-m16"`` ...); grey if unknown."""
     key = name.lower()
     for prefix in sorted(COLORS, key=len, reverse=True):
         if key.startswith(prefix):

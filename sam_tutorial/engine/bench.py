@@ -3,8 +3,8 @@
 Every variant trains its own copy of the same model on the same batch; after a warm-up, the variants
 take turns step by step (interleaved rounds, so that drifts in machine load hit all of them alike) and
 each variant's median step time is kept. Ratios, not seconds, are the result: ``sam/sgd`` (physical
-limit about 2: two forward and two backward passes), ``rwsam/sam`` (about 7/6: one extra forward),
-``msam_m16_loop/sam`` and ``msam_m16_vmap/sam`` (the same arithmetic as SAM, in B/m pieces), ...
+limit about 2: two forward and two backward passes), ``rw-sam/sam`` (about 7/6: one extra forward),
+``m-sam-m16-loop/sam`` and ``m-sam-m16-vmap/sam`` (the same arithmetic as SAM, in B/m pieces), ...
 
 The cost of ``trace_V`` over N samples is reported relative to one forward+backward over them.
 
@@ -57,19 +57,19 @@ CE = nn.CrossEntropyLoss(reduction="none")
 def variants(
     batch: int, ms: tuple[int, ...], backends: tuple[str, ...], nsam_data: tuple[Tensor, Tensor]
 ) -> dict[str, Factory]:
-    """The optimizers to time, by name (``msam_m{m}_{backend}`` for every m dividing ``batch``)."""
+    """The optimizers to time, by name (``m-sam-m{m}-{backend}`` for every m dividing ``batch``)."""
     out: dict[str, Factory] = {
         "sgd": lambda m, b: SAM(m, b, rho=0.0),
         "sam": lambda m, b: SAM(m, b, rho=0.05),
         "usam": lambda m, b: SAM(m, b, rho=0.05, normalize=False),
-        "nsam": lambda m, b: NSAM(m, b, rho=0.05, data=nsam_data, chunk_size=batch),
-        "rwsam": lambda m, b: RWSAM(m, b, rho=0.05, lam=1.0, delta=1e-3, seed=0),
+        "n-sam": lambda m, b: NSAM(m, b, rho=0.05, data=nsam_data, chunk_size=batch),
+        "rw-sam": lambda m, b: RWSAM(m, b, rho=0.05, lam=1.0, delta=1e-3, seed=0),
     }
     for m in ms:
         if batch % m:
             continue
         for backend in backends:
-            out[f"msam_m{m}_{backend}"] = (
+            out[f"m-sam-m{m}-{backend}"] = (
                 lambda model, base, m=m, backend=backend: MSAM(model, base, rho=0.05, m=m, backend=backend)
             )
     return out
@@ -104,7 +104,7 @@ def time_steps(
 
 
 def ratios(times: dict[str, float]) -> dict[str, float]:
-    """``sam/sgd``, ``usam/sgd``, and every other variant relative to SAM (``rwsam/sam``, ...)."""
+    """``sam/sgd``, ``usam/sgd``, and every other variant relative to SAM (``rw-sam/sam``, ...)."""
     out = {"sam/sgd": times["sam"] / times["sgd"]}
     if "usam" in times:
         out["usam/sgd"] = times["usam"] / times["sgd"]
@@ -266,9 +266,9 @@ def main(
 
 GOALS: dict[str, float] = {
     "sam/sgd": 2.05,
-    "rwsam/sam": 1.20,
-    "msam_m16_best/sam (cpu)": 1.3,
-    "msam_m16_best/sam (cuda)": 1.5,
+    "rw-sam/sam": 1.20,
+    "m-sam-m16-best/sam (cpu)": 1.3,
+    "m-sam-m16-best/sam (cuda)": 1.5,
 }
 """The project's speed goals (issue "Speed"): upper bounds on the measured ratios."""
 
@@ -297,8 +297,8 @@ def find_results(folder: str | None = None) -> list[dict[str, Any]]:
 def best_msam(result: dict[str, Any], m: int = 16) -> tuple[str, float] | None:
     """The faster m-SAM backend for micro-batch size ``m`` and its ratio to SAM (what ``"auto"``
     should choose on that device)."""
-    rows = [(k.split("/")[0].rsplit("_", 1)[1], v) for k, v in result["ratios"].items()
-            if k.startswith(f"msam_m{m}_")]
+    rows = [(k.split("/")[0].rsplit("-", 1)[1], v) for k, v in result["ratios"].items()
+            if k.startswith(f"m-sam-m{m}-")]
     return min(rows, key=lambda r: r[1]) if rows else None
 
 

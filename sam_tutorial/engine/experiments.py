@@ -6,7 +6,7 @@ experiment          chapter  what it runs
 ``smoke``           --       SGD, SAM, m-SAM, RW-SAM for a few epochs on MNIST-1D
 ``m-sweep``         4        m-SAM at a fixed rho for m = B .. 8 (+ SGD): accuracy, tr V, sharpness
 ``escape``          4        from an SGD solution, SGD / n-SAM / SAM / m-SAM: tr V epoch by epoch
-``rwsam``           5        SGD, SAM, m-SAM, RW-SAM: accuracy, tr V at the solution, time per epoch
+``rw-sam``           5        SGD, SAM, m-SAM, RW-SAM: accuracy, tr V at the solution, time per epoch
 ``lambda``          5        RW-SAM over a grid of lambda (lambda = 0 is SAM)
 ``label-noise``     5        SGD, SAM, RW-SAM at 20-80 % symmetric label noise
 ``table1-*``        6        the paper's Table 1: ResNet-18/50, WRN-28-10 x CIFAR-10/100 x SGD/SAM/RW-SAM
@@ -25,7 +25,7 @@ notes (``python -m sam_tutorial show NAME`` prints them).
 >>> "smoke" in EXPERIMENTS and "table1-resnet18-cifar10" in EXPERIMENTS
 True
 >>> [s.label for s in get_experiment("smoke").runs("quick")]
-['sgd', 'sam', 'msam-m16', 'rwsam']
+['sgd', 'sam', 'm-sam-m16', 'rw-sam']
 """
 
 

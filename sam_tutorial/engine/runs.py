@@ -86,7 +86,7 @@ class RunSpec:
     """One training run of an experiment, for any seed.
 
     Attributes:
-        label: the run's name inside its experiment (e.g. ``"msam-m32"``).
+        label: the run's name inside its experiment (e.g. ``"m-sam-m32"``).
         data: the data set.
         model: a name from :data:`sam_tutorial.engine.models.MODELS`.
         train: the training configuration.

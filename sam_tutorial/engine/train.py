@@ -172,7 +172,7 @@ def fit(
 
     Raises:
         ValueError: if the batch size exceeds the training set, or a metric name is taken twice; under
-            ``dist``, if the batch size is not a multiple of the world size (or, for ``msam``, the
+            ``dist``, if the batch size is not a multiple of the world size (or, for ``m-sam``, the
             per-rank batch is not a multiple of ``m``).
         sam_tutorial.engine.storage.CheckpointError: if ``checkpoint`` is corrupted or belongs to another run.
     """
@@ -183,7 +183,7 @@ def fit(
             raise ValueError(f"batch_size={config.batch_size} (the global batch) must be a multiple of the "
                              f"world size {ctx.world_size}")
         per_rank = config.batch_size // ctx.world_size
-        if config.optimizer == "msam" and per_rank % config.m:  # type: ignore[operator]
+        if config.optimizer == "m-sam" and per_rank % config.m:  # type: ignore[operator]
             raise ValueError(f"m={config.m} must divide the per-rank batch batch_size / world_size = "
                              f"{per_rank}")
     device = torch.device(device) if device is not None else next(model.parameters()).device

@@ -2,7 +2,7 @@
 optimizer it builds (:func:`make_optimizer`: SGD or a member of the SAM family over a torch SGD base)
 and its learning-rate schedule (cosine with optional linear warm-up, or constant, stepped per iteration).
 
->>> cfg = TrainConfig(optimizer="msam", rho=0.05, m=16)
+>>> cfg = TrainConfig(optimizer="m-sam", rho=0.05, m=16)
 >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
 True
 """
@@ -25,7 +25,7 @@ from sam_tutorial.optim.base import SCOPES
 __all__ = ["METRICS", "Metric", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "cross_entropy", "make_optimizer"]
 
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "sam", "usam", "nsam", "msam", "rwsam")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "sam", "usam", "n-sam", "m-sam", "rw-sam")
 """``optimizer`` values of :class:`TrainConfig`; ``sgd`` is SAM with rho = 0 (one pass)."""
 
 
@@ -54,7 +54,7 @@ class TrainConfig:
     Attributes:
         optimizer: one of :data:`OPTIMIZERS`.
         rho: SAM radius (must be 0 for ``sgd``).
-        m: micro-batch size of ``msam`` (must divide ``batch_size``).
+        m: micro-batch size of ``m-sam`` (must divide ``batch_size``).
         lam: RW-SAM inverse temperature λ.
         delta: RW-SAM finite-difference step δ.
         options: further keyword arguments of the optimizer class (e.g. ``backend`` for m-SAM,
@@ -81,7 +81,7 @@ class TrainConfig:
             (``dist=``, e.g. under torchrun): ``"local"`` perturbs with each rank's own gradient, i.e.
             m-SAM with m = the per-rank batch ``batch_size / world_size``; ``"global"`` with the
             all-reduced gradient, i.e. SAM on the global batch of ``batch_size``. Ignored in a single
-            process; ``msam`` accepts ``"local"`` only. Left out of :meth:`to_dict` when ``"local"``,
+            process; ``m-sam`` accepts ``"local"`` only. Left out of :meth:`to_dict` when ``"local"``,
             so the cache keys of existing runs do not change.
     """
 
@@ -121,17 +121,17 @@ class TrainConfig:
             raise ValueError(f"rho must be a finite number >= 0, got {self.rho!r}")
         if self.optimizer == "sgd" and self.rho != 0:
             raise ValueError(f"rho must be 0 for optimizer='sgd' (got {self.rho}); use 'sam' for rho > 0")
-        if self.optimizer == "msam" and not (isinstance(self.m, int) and 1 <= self.m):
-            raise ValueError(f"optimizer='msam' needs m, a positive integer; got m={self.m!r}")
-        if self.optimizer == "msam" and self.batch_size % self.m:  # type: ignore[operator]
+        if self.optimizer == "m-sam" and not (isinstance(self.m, int) and 1 <= self.m):
+            raise ValueError(f"optimizer='m-sam' needs m, a positive integer; got m={self.m!r}")
+        if self.optimizer == "m-sam" and self.batch_size % self.m:  # type: ignore[operator]
             raise ValueError(f"m={self.m} must divide batch_size={self.batch_size}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}")
-        if self.optimizer == "msam" and self.scope != "local":
-            raise ValueError("optimizer='msam' supports scope='local' only (m-SAM perturbs per micro-batch); "
+        if self.optimizer == "m-sam" and self.scope != "local":
+            raise ValueError("optimizer='m-sam' supports scope='local' only (m-SAM perturbs per micro-batch); "
                              "use optimizer='sam' with scope='global' for SAM on the global batch")
-        if self.optimizer == "rwsam" and (self.lam is None or self.delta is None):
-            raise ValueError("optimizer='rwsam' needs lam (>= 0) and delta (> 0)")
+        if self.optimizer == "rw-sam" and (self.lam is None or self.delta is None):
+            raise ValueError("optimizer='rw-sam' needs lam (>= 0) and delta (> 0)")
         for name in ("epochs", "batch_size", "eval_batch_size", "metric_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -215,9 +215,9 @@ def make_optimizer(
         return SAM(model, base, rho=0.0, **opts)
     if kind in ("sam", "usam"):
         return SAM(model, base, rho=config.rho, **({"normalize": False} if kind == "usam" else {}), **opts)
-    if kind == "msam":
+    if kind == "m-sam":
         return MSAM(model, base, rho=config.rho, m=int(config.m), **opts)  # type: ignore[arg-type]
-    if kind == "rwsam":
+    if kind == "rw-sam":
         return RWSAM(model, base, rho=config.rho, lam=config.lam, delta=config.delta,  # type: ignore[arg-type]
                      seed=seed, **opts)
     device = next(model.parameters()).device

@@ -13,7 +13,7 @@ from sam_tutorial.chapters import plotting  # noqa: E402
 
 
 @pytest.mark.parametrize(("name", "key"), [
-    ("SAM", "sam"), ("m-SAM", "m-sam"), ("msam_m16_loop", "msam"), ("RW-SAM", "rw-sam"),
+    ("SAM", "sam"), ("m-SAM", "m-sam"), ("m-sam-m16-loop", "m-sam"), ("RW-SAM", "rw-sam"),
     ("USAM", "usam"), ("n-SAM", "n-sam"),
 ])
 def test_variant_colours_are_fixed(name: str, key: str) -> None:

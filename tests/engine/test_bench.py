@@ -13,15 +13,15 @@ from sam_tutorial.engine import bench
 
 
 def test_ratios_are_the_quotients_of_the_times() -> None:
-    times = {"sgd": 1.0, "sam": 2.0, "usam": 2.2, "rwsam": 2.4, "msam_m16_loop": 3.0}
+    times = {"sgd": 1.0, "sam": 2.0, "usam": 2.2, "rw-sam": 2.4, "m-sam-m16-loop": 3.0}
     r = bench.ratios(times)
-    assert r == {"sam/sgd": 2.0, "usam/sgd": 2.2, "rwsam/sam": 1.2, "msam_m16_loop/sam": 1.5}
+    assert r == {"sam/sgd": 2.0, "usam/sgd": 2.2, "rw-sam/sam": 1.2, "m-sam-m16-loop/sam": 1.5}
 
 
 def test_variants_cover_the_family_and_skip_m_not_dividing_b() -> None:
     data = (torch.zeros(8, 3), torch.zeros(8, dtype=torch.long))
     names = set(bench.variants(16, (64, 8, 3), ("loop", "vmap"), data))
-    assert names == {"sgd", "sam", "usam", "nsam", "rwsam", "msam_m8_loop", "msam_m8_vmap"}
+    assert names == {"sgd", "sam", "usam", "n-sam", "rw-sam", "m-sam-m8-loop", "m-sam-m8-vmap"}
 
 
 def test_time_steps_times_every_variant_on_its_own_copy() -> None:
@@ -32,7 +32,7 @@ def test_time_steps_times_every_variant_on_its_own_copy() -> None:
     data = (x, y)
     times = bench.time_steps(model, x, y, bench.variants(8, (4,), ("loop", "vmap"), data), rounds=2,
                              warmup=1)
-    assert set(times) == {"sgd", "sam", "usam", "nsam", "rwsam", "msam_m4_loop", "msam_m4_vmap"}
+    assert set(times) == {"sgd", "sam", "usam", "n-sam", "rw-sam", "m-sam-m4-loop", "m-sam-m4-vmap"}
     assert all(t > 0 for t in times.values())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the model is untouched
     with pytest.raises(ValueError, match="rounds must be >= 1"):
@@ -46,7 +46,7 @@ def test_cli_writes_json_with_the_documented_keys(tmp_path, capsys) -> None:
     result = json.loads(out.read_text())
     assert {"device", "model", "ratios", "times"} <= set(result)
     assert result["ratios"]["sam/sgd"] == pytest.approx(result["times"]["sam"] / result["times"]["sgd"])
-    assert "msam_m8_vmap/sam" in result["ratios"]
+    assert "m-sam-m8-vmap/sam" in result["ratios"]
     assert result["trace_V"]["trace_V/forward_backward"] > 0
     assert "sam/sgd" in capsys.readouterr().out
 
@@ -58,7 +58,7 @@ def test_cli_rejects_unknown_models(capsys) -> None:
 
 RESULT = {
     "device": "cpu: x", "model": "m", "batch": 128,
-    "ratios": {"sam/sgd": 2.0, "rwsam/sam": 1.1, "msam_m16_loop/sam": 1.2, "msam_m16_vmap/sam": 1.4},
+    "ratios": {"sam/sgd": 2.0, "rw-sam/sam": 1.1, "m-sam-m16-loop/sam": 1.2, "m-sam-m16-vmap/sam": 1.4},
     "times": {}, "trace_V": {"trace_V/forward_backward": 1.5},
 }
 
@@ -75,6 +75,6 @@ def test_markdown_table_has_one_row_per_ratio(tmp_path) -> None:
     assert [r["device"] for r in found] == ["cuda: y", "cpu: x"]  # sorted by file name
     table = bench.markdown_table(found).splitlines()
     assert table[0] == "| ratio | cuda: y (m, B=128) | cpu: x (m, B=128) |"
-    assert "| `msam_m16_vmap/sam` | 1.40 | 1.40 |" in table
+    assert "| `m-sam-m16-vmap/sam` | 1.40 | 1.40 |" in table
     assert table[-1] == "| `trace_V / forward+backward` | 1.50 | 1.50 |"
     assert len(table) == 2 + 4 + 1

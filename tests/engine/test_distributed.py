@@ -102,7 +102,7 @@ RUN = ["run", "smoke", "--mode", "quick", "--no-progress"]
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``torchrun --nproc_per_node 2 -m sam_tutorial run smoke --mode quick`` twice (the second is served
-    from the cache), and single-process runs of ``sgd`` and ``msam-m16`` into the same folder."""
+    from the cache), and single-process runs of ``sgd`` and ``m-sam-m16`` into the same folder."""
     from sam_tutorial.engine.experiments import run_experiment
     from tests.engine.helpers import mnist1d_root
 
@@ -119,7 +119,7 @@ def cli_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         if len(launches) == 1:
             files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     single = run_experiment("smoke", mode="quick", out=out, device="cpu", data_root=data,
-                            labels=["sgd", "msam-m16"])
+                            labels=["sgd", "m-sam-m16"])
     return {"out": out / "smoke" / "quick", "launches": launches, "files": files, "single": single}
 
 
@@ -135,8 +135,8 @@ def _record_and_weights(folder: Path, label: str, distributed: bool) -> tuple[di
 
 def test_torchrun_cli_writes_one_result_per_run_from_rank_0(cli_runs: dict[str, Any]) -> None:
     first, second = cli_runs["launches"]
-    labels = ["sgd", "sam", "msam-m16", "rwsam"]
-    assert first.stdout.count("msam-m16") == 1  # one table: only rank 0 prints
+    labels = ["sgd", "sam", "m-sam-m16", "rw-sam"]
+    assert first.stdout.count("m-sam-m16") == 1  # one table: only rank 0 prints
     assert "world_size=2" in first.stderr
     written = sorted(p for p in cli_runs["files"] if p.suffix == ".json")
     assert len(written) == len(labels)
@@ -150,7 +150,7 @@ def test_torchrun_cli_writes_one_result_per_run_from_rank_0(cli_runs: dict[str, 
     assert all(p.stat().st_mtime_ns == t for p, t in cli_runs["files"].items())
 
 
-@pytest.mark.parametrize("label", ["sgd", "msam-m16"])
+@pytest.mark.parametrize("label", ["sgd", "m-sam-m16"])
 def test_torchrun_run_equals_the_single_process_run(cli_runs: dict[str, Any], label: str) -> None:
     """SGD: DDP averages the two half-batch gradients = the full-batch mean gradient. m-SAM with m = 16
     under scope local: each rank runs m-SAM on its 32 samples, which is m-SAM(m=16) on the 64."""
@@ -178,7 +178,7 @@ def test_fit_checks_the_global_batch_against_the_world_size() -> None:
     two = DistContext(0, 2, 0, torch.device("cpu"))
     with pytest.raises(ValueError, match="m=16 must divide the per-rank batch"):
         fit(torch.nn.Linear(data.input_shape[0], data.num_classes), data,
-            TrainConfig(optimizer="msam", rho=0.05, m=16, batch_size=16), dist=two)
+            TrainConfig(optimizer="m-sam", rho=0.05, m=16, batch_size=16), dist=two)
 
 
 def test_scope_in_the_config_and_the_cache_key() -> None:
@@ -192,7 +192,7 @@ def test_scope_in_the_config_and_the_cache_key() -> None:
     with pytest.raises(ValueError, match="scope must be one of local, global"):
         TrainConfig(scope="everywhere")
     with pytest.raises(ValueError, match="supports scope='local' only"):
-        TrainConfig(optimizer="msam", rho=0.05, m=16, batch_size=64, scope="global")
+        TrainConfig(optimizer="m-sam", rho=0.05, m=16, batch_size=64, scope="global")
     smoke = get_experiment("smoke")
     specs = {s.label: s for s in smoke.runs("quick")}
     spec = specs["sam"]

@@ -55,7 +55,7 @@ def test_every_configuration_builds(data_root: Path) -> None:
 
 def test_chapter_and_paper_experiments_exist() -> None:
     names = [n for n, _ in list_experiments()]
-    for name in ("smoke", "m-sweep", "escape", "rwsam", "lambda", "label-noise", "table6-resnet18-cifar10",
+    for name in ("smoke", "m-sweep", "escape", "rw-sam", "lambda", "label-noise", "table6-resnet18-cifar10",
                  "table4-noise20", "table4-noise80"):
         assert name in names
     assert sum(n.startswith("table1-") for n in names) == 6
@@ -68,14 +68,14 @@ def test_table1_paper_configuration(model: str, dataset: str) -> None:
     exp = get_experiment(f"table1-{model}-{dataset}")
     assert "UNCONFIRMED" in exp.notes and exp.seeds["paper"] == (0, 1, 2)
     specs = {s.label: s for s in exp.runs("paper")}
-    assert list(specs) == ["sgd", "sam", "rwsam"]
+    assert list(specs) == ["sgd", "sam", "rw-sam"]
     rho = 0.05 if dataset == "cifar10" else 0.1
     for spec in specs.values():
         t = spec.train
         assert (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay, t.schedule, t.augment) == (
             200, 128, 0.1, 0.9, 5e-4, "cosine", True)
         assert spec.model == model and spec.data.name == dataset and spec.data.n_train is None
-    assert specs["sgd"].train.rho == 0 and specs["sam"].train.rho == rho == specs["rwsam"].train.rho
+    assert specs["sgd"].train.rho == 0 and specs["sam"].train.rho == rho == specs["rw-sam"].train.rho
     quick = exp.runs("quick")[0]
     assert quick.data.n_train == 512 and quick.train.epochs == 1
     assert exp.runs("standard")[0].train.epochs == 10 and exp.runs("standard")[0].model == model
@@ -85,7 +85,7 @@ def test_table4_and_table6_configurations() -> None:
     for rate in (20, 40, 60, 80):
         specs = get_experiment(f"table4-noise{rate}").runs("paper")
         assert [s.data.label_noise for s in specs] == [rate / 100] * 3
-        assert [s.train.optimizer for s in specs] == ["sgd", "sam", "rwsam"]
+        assert [s.train.optimizer for s in specs] == ["sgd", "sam", "rw-sam"]
     t6 = get_experiment("table6-resnet18-cifar10")
     assert all(s.train.metrics == ("trace_V",) for s in t6.runs("paper"))
     assert "UNCONFIRMED" in t6.notes
@@ -99,7 +99,7 @@ def test_m_sweep_holds_rho_and_varies_m() -> None:
 
 
 def test_cache_key_depends_on_mode_seed_and_experiment() -> None:
-    smoke, rw = get_experiment("smoke"), get_experiment("rwsam")
+    smoke, rw = get_experiment("smoke"), get_experiment("rw-sam")
     spec = smoke.runs("standard")[0]
     by = {spec.label: spec}
     keys = {run_hash(smoke, "standard", spec, 0, by), run_hash(smoke, "paper", spec, 0, by),
@@ -110,7 +110,7 @@ def test_cache_key_depends_on_mode_seed_and_experiment() -> None:
 def test_bad_arguments_raise_value_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="mode must be one of quick, standard, paper"):
         run_experiment("smoke", mode="fast", out=tmp_path)
-    with pytest.raises(ValueError, match="not runs of 'smoke'; its runs: sgd, sam, msam-m16, rwsam"):
+    with pytest.raises(ValueError, match="not runs of 'smoke'; its runs: sgd, sam, m-sam-m16, rw-sam"):
         run_experiment("smoke", mode="quick", out=tmp_path, labels=["adam"])
 
 
@@ -120,7 +120,7 @@ def test_smoke_runs_then_is_served_from_the_cache(
 ) -> None:
     res = run_experiment("smoke", mode="quick", seeds=[0, 1], out=tmp_path, device="cpu", data_root=data_root)
     assert [(r["label"], r["seed"]) for r in res.records] == [
-        (label, s) for label in ("sgd", "sam", "msam-m16", "rwsam") for s in (0, 1)]
+        (label, s) for label in ("sgd", "sam", "m-sam-m16", "rw-sam") for s in (0, 1)]
     for r in res.records:
         stem = tmp_path / "smoke" / "quick" / f"{r['label']}-seed{r['seed']}-{r['config_hash']}"
         assert stem.with_suffix(".json").exists() and stem.with_suffix(".pt").exists()
@@ -140,9 +140,9 @@ def test_smoke_runs_then_is_served_from_the_cache(
     sam = [r["metrics"]["test_acc"] for r in res.select("sam")]
     assert rows["sam"]["test_acc"] == pytest.approx(sum(sam) / 2) and rows["sam"]["seeds"] == 2
     assert rows["sam"]["test_acc_std"] == pytest.approx(abs(sam[0] - sam[1]) / 2)
-    assert res.curves("test_acc")["rwsam"].shape == (2, 2)
+    assert res.curves("test_acc")["rw-sam"].shape == (2, 2)
     table = res.table()
-    assert all(label in table for label in ("sgd", "msam-m16")) and "test_acc" in table
+    assert all(label in table for label in ("sgd", "m-sam-m16")) and "test_acc" in table
 
 
 def test_escape_phase_two_starts_from_the_init_run(tmp_path: Path, data_root: Path) -> None:
@@ -151,12 +151,12 @@ def test_escape_phase_two_starts_from_the_init_run(tmp_path: Path, data_root: Pa
     from sam_tutorial.sgn.variance import trace_V
 
     res = run_experiment("escape", mode="quick", out=tmp_path, device="cpu", data_root=data_root)
-    init = res.select("init-sgd")[0]
+    init = res.select("sgd-init")[0]
     starts = {label: vals[0, 0] for label, (epochs, vals) in res.metric_curves("trace_V").items()}
-    assert set(starts) == {"sgd", "nsam", "sam", "msam-m32"}
+    assert set(starts) == {"sgd", "n-sam", "sam", "m-sam-m32"}
     assert len(set(starts.values())) == 1  # every phase-2 run starts at the same weights
 
-    ckpt = tmp_path / "escape" / "quick" / f"init-sgd-seed0-{init['config_hash']}.pt"
+    ckpt = tmp_path / "escape" / "quick" / f"sgd-init-seed0-{init['config_hash']}.pt"
     model = build_model("mlp", num_classes=10, input_shape=(40,), hidden=(256, 256))
     model.load_state_dict(load_checkpoint(ckpt, init["config_hash"])["model"])
     x, y = load_dataset("mnist1d", data_root, n_train=1000).train
@@ -167,7 +167,7 @@ def test_paper_configuration_runs_end_to_end_on_fake_cifar(tmp_path: Path) -> No
     write_fake_cifar(tmp_path / "data", "cifar10", per_file=30)
     res = run_experiment("table1-resnet18-cifar10", mode="quick", out=tmp_path / "runs", device="cpu",
                          data_root=tmp_path / "data")
-    assert res.labels() == ["sgd", "sam", "rwsam"]
+    assert res.labels() == ["sgd", "sam", "rw-sam"]
     for r in res.records:
         assert r["provenance"]["data"]["n_train"] == 150 and r["config"]["model_options"] == {"width": 8}
         assert 0 <= r["metrics"]["test_acc"] <= 1 and r["metrics"]["skipped"] == 0

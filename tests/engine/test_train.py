@@ -105,12 +105,12 @@ def test_make_optimizer_builds_what_the_config_names() -> None:
     assert opt.param_groups[0]["weight_decay"] == 0.01
     usam = make_optimizer(model, TrainConfig(optimizer="usam", rho=0.2), data)
     assert type(usam) is SAM and usam.rho == 0.2 and not usam.normalize
-    msam_config = TrainConfig(optimizer="msam", rho=0.1, m=16, options={"backend": "vmap"})
+    msam_config = TrainConfig(optimizer="m-sam", rho=0.1, m=16, options={"backend": "vmap"})
     msam = make_optimizer(model, msam_config, data)
     assert type(msam) is MSAM and msam.m == 16 and msam.backend == "vmap"
-    rw = make_optimizer(model, TrainConfig(optimizer="rwsam", rho=0.1, lam=0.5, delta=1e-3), data, seed=9)
+    rw = make_optimizer(model, TrainConfig(optimizer="rw-sam", rho=0.1, lam=0.5, delta=1e-3), data, seed=9)
     assert type(rw) is RWSAM and (rw.lam, rw.delta, rw.seed) == (0.5, 1e-3, 9)
-    ns = make_optimizer(model, TrainConfig(optimizer="nsam", rho=0.1, nsam_samples=10), data)
+    ns = make_optimizer(model, TrainConfig(optimizer="n-sam", rho=0.1, nsam_samples=10), data)
     assert type(ns) is NSAM and ns.n == 10
 
 
@@ -119,7 +119,7 @@ def test_nsam_over_the_whole_set_with_full_batches_equals_sam() -> None:
     data = toy_dataset(n=32)
     base = dict(epochs=3, batch_size=32, lr=0.1)
     a, b = linear(), linear()
-    fit(a, data, TrainConfig(optimizer="nsam", rho=0.2, **base))
+    fit(a, data, TrainConfig(optimizer="n-sam", rho=0.2, **base))
     fit(b, data, TrainConfig(optimizer="sam", rho=0.2, **base))
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
@@ -179,8 +179,8 @@ def test_label_noise_adds_clean_accuracy_and_eval_train_can_be_off() -> None:
 
 
 # ----------------------------------------------------------------------------- no host sync per step
-@pytest.mark.parametrize("kind", [dict(optimizer="sam", rho=0.1), dict(optimizer="msam", rho=0.1, m=2),
-                                  dict(optimizer="rwsam", rho=0.1, lam=1.0, delta=1e-3)])
+@pytest.mark.parametrize("kind", [dict(optimizer="sam", rho=0.1), dict(optimizer="m-sam", rho=0.1, m=2),
+                                  dict(optimizer="rw-sam", rho=0.1, lam=1.0, delta=1e-3)])
 def test_host_syncs_do_not_grow_with_the_number_of_steps(
     monkeypatch: pytest.MonkeyPatch, kind: dict
 ) -> None:
@@ -229,8 +229,8 @@ def dropout_convnet(seed: int) -> nn.Module:
     return nn.Sequential(net[:5], nn.Dropout(0.3), net[5])  # dropout draws from the global generator
 
 
-@pytest.mark.parametrize("kind", [dict(optimizer="sgd"), dict(optimizer="msam", rho=0.1, m=4),
-                                  dict(optimizer="rwsam", rho=0.1, lam=2.0, delta=1e-3)])
+@pytest.mark.parametrize("kind", [dict(optimizer="sgd"), dict(optimizer="m-sam", rho=0.1, m=4),
+                                  dict(optimizer="rw-sam", rho=0.1, lam=2.0, delta=1e-3)])
 def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path, kind: dict) -> None:
     data = image_dataset(n=32)
     config = TrainConfig(epochs=4, batch_size=8, augment=True, metric_epochs=(1, 2, 3, 4), **kind)
@@ -292,9 +292,9 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kind", [dict(optimizer="msam", rho=0.1, m=4),
-                                  dict(optimizer="rwsam", rho=0.1, lam=1.0, delta=1e-3),
-                                  dict(optimizer="nsam", rho=0.1)])
+@pytest.mark.parametrize("kind", [dict(optimizer="m-sam", rho=0.1, m=4),
+                                  dict(optimizer="rw-sam", rho=0.1, lam=1.0, delta=1e-3),
+                                  dict(optimizer="n-sam", rho=0.1)])
 def test_fit_on_cuda_from_cpu_data(tmp_path: Path, kind: dict) -> None:
     """Data sets live on the CPU; fit moves what it needs (loader, test set, metrics, n-SAM's data)."""
     data = image_dataset(n=32)
@@ -310,12 +310,12 @@ def test_fit_on_cuda_from_cpu_data(tmp_path: Path, kind: dict) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(optimizer="adam"), "optimizer must be one of sgd, sam, usam, nsam, msam, rwsam"),
+        (dict(optimizer="adam"), "optimizer must be one of sgd, sam, usam, n-sam, m-sam, rw-sam"),
         (dict(optimizer="sgd", rho=0.1), "rho must be 0 for optimizer='sgd'"),
         (dict(optimizer="sam", rho=-1.0), "rho must be a finite number >= 0"),
-        (dict(optimizer="msam", rho=0.1), "needs m"),
-        (dict(optimizer="msam", rho=0.1, m=3, batch_size=8), "m=3 must divide batch_size=8"),
-        (dict(optimizer="rwsam", rho=0.1, lam=1.0), "needs lam"),
+        (dict(optimizer="m-sam", rho=0.1), "needs m"),
+        (dict(optimizer="m-sam", rho=0.1, m=3, batch_size=8), "m=3 must divide batch_size=8"),
+        (dict(optimizer="rw-sam", rho=0.1, lam=1.0), "needs lam"),
         (dict(schedule="step"), "schedule must be one of cosine, constant"),
         (dict(epochs=0), "epochs must be a positive integer"),
         (dict(metrics=("hessian",)), "metrics must be among trace_V, sharpness"),
@@ -329,7 +329,7 @@ def test_bad_configs_name_the_argument(kwargs: dict, message: str) -> None:
 
 
 def test_config_round_trips_through_a_dict() -> None:
-    config = TrainConfig(optimizer="msam", rho=0.1, m=8, options={"backend": "loop"}, metrics=("trace_V",),
+    config = TrainConfig(optimizer="m-sam", rho=0.1, m=8, options={"backend": "loop"}, metrics=("trace_V",),
                          metric_epochs=(3, 0))
     assert config.metric_epochs == (0, 3)
     assert TrainConfig.from_dict(config.to_dict()) == config

@@ -1,5 +1,5 @@
 """The chapters' experiments on MNIST-1D (the MLP 40-256-256-10 of the CPU-scale probes): ``smoke``,
-``m-sweep``, ``escape`` (chapter 4), ``rwsam``, ``lambda``, ``label-noise`` (chapter 5).
+``m-sweep``, ``escape`` (chapter 4), ``rw-sam``, ``lambda``, ``label-noise`` (chapter 5).
 
 SGD with momentum 0.9, weight decay 5e-4, cosine learning rate from 0.05, batch 128; ``paper`` mode
 runs them as ``standard`` does; ``quick`` mode keeps 1000 training and 500 test samples.
@@ -42,8 +42,8 @@ def _variants(rho: float, lam: float, delta: float, m: int) -> dict[str, dict[st
     return {
         "sgd": dict(optimizer="sgd"),
         "sam": dict(optimizer="sam", rho=rho),
-        f"msam-m{m}": dict(optimizer="msam", rho=rho, m=m),
-        "rwsam": dict(optimizer="rwsam", rho=rho, lam=lam, delta=delta),
+        f"m-sam-m{m}": dict(optimizer="m-sam", rho=rho, m=m),
+        "rw-sam": dict(optimizer="rw-sam", rho=rho, lam=lam, delta=delta),
     }
 
 
@@ -76,8 +76,8 @@ def _m_sweep(mode: str) -> list[RunSpec]:
     ms = (128, 32) if quick else (128, 32, 16, 8)
     runs = [_mlp_run("sgd", mode, TrainConfig(optimizer="sgd", **base), {"m": None, "rho": 0.0})]
     for m in ms:
-        kind = dict(optimizer="sam") if m == base["batch_size"] else dict(optimizer="msam", m=m)
-        runs.append(_mlp_run(f"m{m}", mode, TrainConfig(rho=0.05, **kind, **base), {"m": m, "rho": 0.05}))
+        kind = dict(optimizer="sam") if m == base["batch_size"] else dict(optimizer="m-sam", m=m)
+        runs.append(_mlp_run("sam" if m == base["batch_size"] else f"m-sam-m{m}", mode, TrainConfig(rho=0.05, **kind, **base), {"m": m, "rho": 0.05}))
     return runs
 
 
@@ -100,17 +100,17 @@ def _escape(mode: str) -> list[RunSpec]:
                 metric_epochs=tuple(range(epochs + 1)), eval_train=True)
     phase2 = {
         "sgd": dict(optimizer="sgd"),
-        "nsam": dict(optimizer="nsam", rho=rho, nsam_samples=1024),
+        "n-sam": dict(optimizer="n-sam", rho=rho, nsam_samples=1024),
         "sam": dict(optimizer="sam", rho=rho),
-        "msam-m32": dict(optimizer="msam", rho=rho, m=32),
-        "msam-m8": dict(optimizer="msam", rho=rho, m=8),
+        "m-sam-m32": dict(optimizer="m-sam", rho=rho, m=32),
+        "m-sam-m8": dict(optimizer="m-sam", rho=rho, m=8),
     }
     if quick:
-        phase2.pop("msam-m8")
-    runs = [_mlp_run("init-sgd", mode, init, {"phase": "init"})]
+        phase2.pop("m-sam-m8")
+    runs = [_mlp_run("sgd-init", mode, init, {"phase": "init"})]
     for label, kw in phase2.items():
         runs.append(_mlp_run(label, mode, TrainConfig(**kw, **base), {"rho": kw.get("rho", 0.0)},
-                             init_from="init-sgd"))
+                             init_from="sgd-init"))
     return runs
 
 
@@ -136,7 +136,7 @@ def _rwsam(mode: str) -> list[RunSpec]:
 
 
 register(Experiment(
-    "rwsam", "SGD, SAM, m-SAM (m=16) and RW-SAM: accuracy, tr V at the solution, seconds per epoch",
+    "rw-sam", "SGD, SAM, m-SAM (m=16) and RW-SAM: accuracy, tr V at the solution, seconds per epoch",
     _rwsam, SEEDS, chapter="05_reweighted_sam",
     notes="Standard mode: "
           f"MNIST-1D, MLP, batch 128, rho 0.05, 20 epochs; RW-SAM lambda {MLP_LAM}, delta {MLP_DELTA} with a "
@@ -151,9 +151,9 @@ LAMBDAS = (0.0, 0.03, 0.1, 0.3, 1.0)
 
 def _lambda(mode: str) -> list[RunSpec]:
     quick = mode == "quick"
-    base = dict(optimizer="rwsam", rho=0.05, delta=MLP_DELTA, epochs=2 if quick else 20, metrics=("trace_V",))
+    base = dict(optimizer="rw-sam", rho=0.05, delta=MLP_DELTA, epochs=2 if quick else 20, metrics=("trace_V",))
     lams = (0.0, 0.1) if quick else LAMBDAS
-    return [_mlp_run(f"lam{lam:g}", mode, TrainConfig(lam=lam, **base), {"lam": lam}) for lam in lams]
+    return [_mlp_run(f"rw-sam-lam{lam:g}", mode, TrainConfig(lam=lam, **base), {"lam": lam}) for lam in lams]
 
 
 register(Experiment(
@@ -175,7 +175,7 @@ def _label_noise(mode: str) -> list[RunSpec]:
     runs = []
     for noise in levels:
         for label, kw in _variants(0.05, MLP_LAM, MLP_DELTA, 16).items():
-            if kw["optimizer"] == "msam":
+            if kw["optimizer"] == "m-sam":
                 continue
             runs.append(_mlp_run(f"{label}-noise{round(noise * 100)}", mode, TrainConfig(**kw, **base),
                                  {"optimizer": label, "noise": noise}, _mnist1d(mode, label_noise=noise)))

@@ -42,7 +42,7 @@ PAPER_MODELS = {  # name -> (parameters with 10 classes, quick-mode stand-in)
 
 
 def _paper_runs(model: str, dataset: str, mode: str, noise: float = 0.0, metrics: tuple[str, ...] = (),
-                variants: Sequence[str] = ("sgd", "sam", "rwsam")) -> list[RunSpec]:
+                variants: Sequence[str] = ("sgd", "sam", "rw-sam")) -> list[RunSpec]:
     params, (quick_model, quick_options) = PAPER_MODELS[model]
     rho = 0.05 if dataset == "cifar10" else 0.1
     epochs = {"quick": 1, "standard": 10, "paper": 200}[mode]
@@ -55,7 +55,7 @@ def _paper_runs(model: str, dataset: str, mode: str, noise: float = 0.0, metrics
     settings = {
         "sgd": dict(optimizer="sgd"),
         "sam": dict(optimizer="sam", rho=rho),
-        "rwsam": dict(optimizer="rwsam", rho=rho, lam=0.1, delta=delta),
+        "rw-sam": dict(optimizer="rw-sam", rho=rho, lam=0.1, delta=delta),
     }
     suffix = f"-noise{round(noise * 100)}" if noise else ""
     return [
