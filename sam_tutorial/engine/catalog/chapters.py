@@ -87,8 +87,9 @@ register(Experiment(
     notes="Standard mode: "
           "MNIST-1D, MLP 40-256-256-10, batch 128, 20 epochs; tr V and SAM sharpness (rho 0.05) on the "
           "first 1000 training samples after the last epoch. rho is the same for every m. This is normalised "
-          "m-SAM, whose implicit penalty is rho E||grad f_I|| ~ rho sqrt(c_m tr V) near a minimum: it grows like "
-          "sqrt(B/m) as m shrinks (rho c_m tr V / 2, i.e. rho/(2m) tr V with replacement, is m-USAM's; book ch. 3 §7).",
+          "m-SAM, whose implicit penalty is rho E||grad f_I|| ~ rho sqrt(c_m tr V) near a minimum: "
+          "it grows like sqrt(B/m) as m shrinks (rho c_m tr V / 2, i.e. rho/(2m) tr V with "
+          "replacement, is m-USAM's; book ch. 3 section 7).",
 ))
 
 
