@@ -32,8 +32,14 @@ def _mnist1d(mode: str, **noise: Any) -> DataSpec:
     return DataSpec("mnist1d", 1000, 500, **noise) if mode == "quick" else DataSpec("mnist1d", **noise)
 
 
-def _mlp_run(label: str, mode: str, train: TrainConfig, tags: dict[str, Any] | None = None,
-             data: DataSpec | None = None, init_from: str | None = None) -> RunSpec:
+def _mlp_run(
+    label: str,
+    mode: str,
+    train: TrainConfig,
+    tags: dict[str, Any] | None = None,
+    data: DataSpec | None = None,
+    init_from: str | None = None,
+) -> RunSpec:
     return RunSpec(label, data or _mnist1d(mode), "mlp", train, MLP, init_from, tags or {})
 
 
@@ -56,7 +62,9 @@ MLP_LAM = 0.1
 
 
 def _smoke(mode: str) -> list[RunSpec]:
-    base = dict(epochs=2, batch_size=64) if mode == "quick" else dict(epochs=5, batch_size=128)
+    base: dict[str, Any] = (
+        dict(epochs=2, batch_size=64) if mode == "quick" else dict(epochs=5, batch_size=128)
+    )
     m = 16
     return [
         _mlp_run(label, mode, TrainConfig(**kw, **base), {"optimizer": kw["optimizer"]})
@@ -64,33 +72,51 @@ def _smoke(mode: str) -> list[RunSpec]:
     ]
 
 
-register(Experiment(
-    "smoke", "tiny MNIST-1D run of SGD, SAM, m-SAM and RW-SAM (checks the whole pipeline)", _smoke,
-    {"quick": (0,), "standard": (0,), "paper": (0,)},
-))
+register(
+    Experiment(
+        "smoke",
+        "tiny MNIST-1D run of SGD, SAM, m-SAM and RW-SAM (checks the whole pipeline)",
+        _smoke,
+        {"quick": (0,), "standard": (0,), "paper": (0,)},
+    )
+)
 
 
 def _m_sweep(mode: str) -> list[RunSpec]:
     quick = mode == "quick"
-    base = dict(epochs=2 if quick else 20, batch_size=128, metrics=("trace_V", "sharpness"))
+    base: dict[str, Any] = dict(epochs=2 if quick else 20, batch_size=128, metrics=("trace_V", "sharpness"))
     ms = (128, 32) if quick else (128, 32, 16, 8)
     runs = [_mlp_run("sgd", mode, TrainConfig(optimizer="sgd", **base), {"m": None, "rho": 0.0})]
     for m in ms:
-        kind = dict(optimizer="sam") if m == base["batch_size"] else dict(optimizer="m-sam", m=m)
-        runs.append(_mlp_run("sam" if m == base["batch_size"] else f"m-sam-m{m}", mode, TrainConfig(rho=0.05, **kind, **base), {"m": m, "rho": 0.05}))
+        kind: dict[str, Any] = (
+            dict(optimizer="sam") if m == base["batch_size"] else dict(optimizer="m-sam", m=m)
+        )
+        runs.append(
+            _mlp_run(
+                "sam" if m == base["batch_size"] else f"m-sam-m{m}",
+                mode,
+                TrainConfig(rho=0.05, **kind, **base),
+                {"m": m, "rho": 0.05},
+            )
+        )
     return runs
 
 
-register(Experiment(
-    "m-sweep", "m-SAM at rho=0.05 for m = 128 (SAM), 32, 16, 8, and SGD: accuracy, tr V, sharpness",
-    _m_sweep, SEEDS, chapter="04_m_sharpness",
-    notes="Standard mode: "
-          "MNIST-1D, MLP 40-256-256-10, batch 128, 20 epochs; tr V and SAM sharpness (rho 0.05) on the "
-          "first 1000 training samples after the last epoch. rho is the same for every m. This is normalised "
-          "m-SAM, whose implicit penalty is rho E||grad f_I|| ~ rho sqrt(c_m tr V) near a minimum: "
-          "it grows like sqrt(B/m) as m shrinks (rho c_m tr V / 2, i.e. rho/(2m) tr V with "
-          "replacement, is m-USAM's; book ch. 3 section 7).",
-))
+register(
+    Experiment(
+        "m-sweep",
+        "m-SAM at rho=0.05 for m = 128 (SAM), 32, 16, 8, and SGD: accuracy, tr V, sharpness",
+        _m_sweep,
+        SEEDS,
+        chapter="04_m_sharpness",
+        notes="Standard mode: "
+        "MNIST-1D, MLP 40-256-256-10, batch 128, 20 epochs; tr V and SAM sharpness (rho 0.05) on the "
+        "first 1000 training samples after the last epoch. rho is the same for every m. This is normalised "
+        "m-SAM, whose implicit penalty is rho E||grad f_I|| ~ rho sqrt(c_m tr V) near a minimum: "
+        "it grows like sqrt(B/m) as m shrinks (rho c_m tr V / 2, i.e. rho/(2m) tr V with "
+        "replacement, is m-USAM's; book ch. 3 section 7).",
+    )
+)
 
 
 def _escape(mode: str) -> list[RunSpec]:
@@ -98,9 +124,16 @@ def _escape(mode: str) -> list[RunSpec]:
     init_epochs, epochs = (2, 2) if quick else (30, 10)
     init = TrainConfig(optimizer="sgd", epochs=init_epochs, weight_decay=0.0, lr=0.05)
     rho = 0.1
-    base = dict(epochs=epochs, lr=0.02, schedule="constant", weight_decay=0.0, metrics=("trace_V",),
-                metric_epochs=tuple(range(epochs + 1)), eval_train=True)
-    phase2 = {
+    base: dict[str, Any] = dict(
+        epochs=epochs,
+        lr=0.02,
+        schedule="constant",
+        weight_decay=0.0,
+        metrics=("trace_V",),
+        metric_epochs=tuple(range(epochs + 1)),
+        eval_train=True,
+    )
+    phase2: dict[str, Any] = {
         "sgd": dict(optimizer="sgd"),
         "n-sam": dict(optimizer="n-sam", rho=rho, nsam_samples=1024),
         "sam": dict(optimizer="sam", rho=rho),
@@ -111,41 +144,54 @@ def _escape(mode: str) -> list[RunSpec]:
         phase2.pop("m-sam-m8")
     runs = [_mlp_run("sgd-init", mode, init, {"phase": "init"})]
     for label, kw in phase2.items():
-        runs.append(_mlp_run(label, mode, TrainConfig(**kw, **base), {"rho": kw.get("rho", 0.0)},
-                             init_from="sgd-init"))
+        runs.append(
+            _mlp_run(
+                label, mode, TrainConfig(**kw, **base), {"rho": kw.get("rho", 0.0)}, init_from="sgd-init"
+            )
+        )
     return runs
 
 
-register(Experiment(
-    "escape", "from an SGD solution: SGD, n-SAM, SAM, m-SAM (m=32, 8) and the decay of tr V per epoch",
-    _escape, SEEDS, chapter="04_m_sharpness",
-    notes="Standard mode: "
-          "Phase 1: SGD without weight decay, 30 epochs (cosine from 0.05). Phase 2 starts from its weights "
-          "with a constant learning rate 0.02, rho 0.1, no weight decay, 10 epochs; tr V on the first 1000 "
-          "training samples before phase 2 and after every epoch. n-SAM's full gradient is taken over the "
-          "first 1024 training samples. A CPU analogue of the paper's Figs. 1-2 (whose setup is "
-          "UNCONFIRMED).",
-))
+register(
+    Experiment(
+        "escape",
+        "from an SGD solution: SGD, n-SAM, SAM, m-SAM (m=32, 8) and the decay of tr V per epoch",
+        _escape,
+        SEEDS,
+        chapter="04_m_sharpness",
+        notes="Standard mode: "
+        "Phase 1: SGD without weight decay, 30 epochs (cosine from 0.05). Phase 2 starts from its weights "
+        "with a constant learning rate 0.02, rho 0.1, no weight decay, 10 epochs; tr V on the first 1000 "
+        "training samples before phase 2 and after every epoch. n-SAM's full gradient is taken over the "
+        "first 1024 training samples. A CPU analogue of the paper's Figs. 1-2 (whose setup is "
+        "UNCONFIRMED).",
+    )
+)
 
 
 def _rwsam(mode: str) -> list[RunSpec]:
     quick = mode == "quick"
-    base = dict(epochs=2 if quick else 20, metrics=("trace_V",))
+    base: dict[str, Any] = dict(epochs=2 if quick else 20, metrics=("trace_V",))
     return [
         _mlp_run(label, mode, TrainConfig(**kw, **base), {"optimizer": kw["optimizer"]})
         for label, kw in _variants(0.05, MLP_LAM, MLP_DELTA, 16).items()
     ]
 
 
-register(Experiment(
-    "rw-sam", "SGD, SAM, m-SAM (m=16) and RW-SAM: accuracy, tr V at the solution, seconds per epoch",
-    _rwsam, SEEDS, chapter="05_reweighted_sam",
-    notes="Standard mode: "
-          f"MNIST-1D, MLP, batch 128, rho 0.05, 20 epochs; RW-SAM lambda {MLP_LAM}, delta {MLP_DELTA} with a "
-          "±1 Rademacher probe (||delta z|| ~ 0.01), uniform descent pass (the paper's lambda and delta: "
-          "UNCONFIRMED). tr V on the first 1000 training samples after the last epoch (a CPU analogue of "
-          "Table 6).",
-))
+register(
+    Experiment(
+        "rw-sam",
+        "SGD, SAM, m-SAM (m=16) and RW-SAM: accuracy, tr V at the solution, seconds per epoch",
+        _rwsam,
+        SEEDS,
+        chapter="05_reweighted_sam",
+        notes="Standard mode: "
+        f"MNIST-1D, MLP, batch 128, rho 0.05, 20 epochs; RW-SAM lambda {MLP_LAM}, delta {MLP_DELTA} with a "
+        "±1 Rademacher probe (||delta z|| ~ 0.01), uniform descent pass (the paper's lambda and delta: "
+        "UNCONFIRMED). tr V on the first 1000 training samples after the last epoch (a CPU analogue of "
+        "Table 6).",
+    )
+)
 
 
 LAMBDAS = (0.0, 0.03, 0.1, 0.3, 1.0)
@@ -153,18 +199,25 @@ LAMBDAS = (0.0, 0.03, 0.1, 0.3, 1.0)
 
 def _lambda(mode: str) -> list[RunSpec]:
     quick = mode == "quick"
-    base = dict(optimizer="rw-sam", rho=0.05, delta=MLP_DELTA, epochs=2 if quick else 20, metrics=("trace_V",))
+    base: dict[str, Any] = dict(
+        optimizer="rw-sam", rho=0.05, delta=MLP_DELTA, epochs=2 if quick else 20, metrics=("trace_V",)
+    )
     lams = (0.0, 0.1) if quick else LAMBDAS
     return [_mlp_run(f"rw-sam-lam{lam:g}", mode, TrainConfig(lam=lam, **base), {"lam": lam}) for lam in lams]
 
 
-register(Experiment(
-    "lambda", "RW-SAM sensitivity to lambda (0 = SAM, 0.03, 0.1, 0.3, 1) on MNIST-1D: accuracy and tr V",
-    _lambda, SEEDS, chapter="05_reweighted_sam",
-    notes="Standard mode: "
-          f"MNIST-1D, MLP, batch 128, rho 0.05, delta {MLP_DELTA}, 20 epochs. The paper's Table 5 grid is "
-          "UNCONFIRMED.",
-))
+register(
+    Experiment(
+        "lambda",
+        "RW-SAM sensitivity to lambda (0 = SAM, 0.03, 0.1, 0.3, 1) on MNIST-1D: accuracy and tr V",
+        _lambda,
+        SEEDS,
+        chapter="05_reweighted_sam",
+        notes="Standard mode: "
+        f"MNIST-1D, MLP, batch 128, rho 0.05, delta {MLP_DELTA}, 20 epochs. The paper's Table 5 grid is "
+        "UNCONFIRMED.",
+    )
+)
 
 
 NOISE = (0.2, 0.4, 0.6, 0.8)
@@ -173,21 +226,33 @@ NOISE = (0.2, 0.4, 0.6, 0.8)
 def _label_noise(mode: str) -> list[RunSpec]:
     quick = mode == "quick"
     levels = (0.4,) if quick else NOISE
-    base = dict(epochs=2 if quick else 20)
+    base: dict[str, Any] = dict(epochs=2 if quick else 20)
     runs = []
     for noise in levels:
         for label, kw in _variants(0.05, MLP_LAM, MLP_DELTA, 16).items():
             if kw["optimizer"] == "m-sam":
                 continue
-            runs.append(_mlp_run(f"{label}-noise{round(noise * 100)}", mode, TrainConfig(**kw, **base),
-                                 {"optimizer": label, "noise": noise}, _mnist1d(mode, label_noise=noise)))
+            runs.append(
+                _mlp_run(
+                    f"{label}-noise{round(noise * 100)}",
+                    mode,
+                    TrainConfig(**kw, **base),
+                    {"optimizer": label, "noise": noise},
+                    _mnist1d(mode, label_noise=noise),
+                )
+            )
     return runs
 
 
-register(Experiment(
-    "label-noise", "SGD, SAM and RW-SAM with 20, 40, 60, 80 % symmetric label noise on MNIST-1D",
-    _label_noise, {"quick": (0,), "standard": (0,), "paper": (0, 1)}, chapter="05_reweighted_sam",
-    notes="Standard mode: "
-          "MNIST-1D, MLP, batch 128, rho 0.05, 20 epochs; each corrupted label moves to one of the other "
-          "9 classes (exact rate; the paper's noise model is UNCONFIRMED). One seed in standard mode.",
-))
+register(
+    Experiment(
+        "label-noise",
+        "SGD, SAM and RW-SAM with 20, 40, 60, 80 % symmetric label noise on MNIST-1D",
+        _label_noise,
+        {"quick": (0,), "standard": (0,), "paper": (0, 1)},
+        chapter="05_reweighted_sam",
+        notes="Standard mode: "
+        "MNIST-1D, MLP, batch 128, rho 0.05, 20 epochs; each corrupted label moves to one of the other "
+        "9 classes (exact rate; the paper's noise model is UNCONFIRMED). One seed in standard mode.",
+    )
+)

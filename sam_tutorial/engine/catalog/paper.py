@@ -9,7 +9,9 @@ models, 512 images, 1 epoch). Every choice the paper does not state is marked UN
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 from sam_tutorial.engine.experiments import register
 from sam_tutorial.engine.runs import (
@@ -41,72 +43,124 @@ PAPER_MODELS = {  # name -> (parameters with 10 classes, quick-mode stand-in)
 }
 
 
-def _paper_runs(model: str, dataset: str, mode: str, noise: float = 0.0, metrics: tuple[str, ...] = (),
-                variants: Sequence[str] = ("sgd", "sam", "rw-sam")) -> list[RunSpec]:
+def _paper_runs(
+    model: str,
+    dataset: str,
+    mode: str,
+    noise: float = 0.0,
+    metrics: tuple[str, ...] = (),
+    variants: Sequence[str] = ("sgd", "sam", "rw-sam"),
+) -> list[RunSpec]:
     params, (quick_model, quick_options) = PAPER_MODELS[model]
     rho = 0.05 if dataset == "cifar10" else 0.1
     epochs = {"quick": 1, "standard": 10, "paper": 200}[mode]
     n = 512 if mode == "quick" else None
     data = DataSpec(dataset, n, n, label_noise=noise)
     name, options = (quick_model, quick_options) if mode == "quick" else (model, {})
-    base = dict(epochs=epochs, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4, augment=True,
-                eval_train=False, metrics=metrics, metric_samples=1000)
-    delta = float(f"{0.01 / params ** 0.5:.2g}")
-    settings = {
+    base: dict[str, Any] = dict(
+        epochs=epochs,
+        batch_size=128,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        augment=True,
+        eval_train=False,
+        metrics=metrics,
+        metric_samples=1000,
+    )
+    delta = float(f"{0.01 / params**0.5:.2g}")
+    settings: dict[str, Any] = {
         "sgd": dict(optimizer="sgd"),
         "sam": dict(optimizer="sam", rho=rho),
         "rw-sam": dict(optimizer="rw-sam", rho=rho, lam=0.1, delta=delta),
     }
     suffix = f"-noise{round(noise * 100)}" if noise else ""
     return [
-        RunSpec(f"{v}{suffix}", data, name, TrainConfig(**settings[v], **base), options, None,
-                {"optimizer": v, "model": model, "dataset": dataset, **({"noise": noise} if noise else {})})
+        RunSpec(
+            f"{v}{suffix}",
+            data,
+            name,
+            TrainConfig(**settings[v], **base),
+            options,
+            None,
+            {"optimizer": v, "model": model, "dataset": dataset, **({"noise": noise} if noise else {})},
+        )
         for v in variants
     ]
+
+
+def _table1_runs(model: str, dataset: str, mode: str) -> list[RunSpec]:
+    return _paper_runs(model, dataset, mode)
+
+
+def _table4_runs(noise: float, mode: str) -> list[RunSpec]:
+    return _paper_runs("resnet18", "cifar10", mode, noise=noise)
+
+
+def _table6_runs(mode: str) -> list[RunSpec]:
+    return _paper_runs("resnet18", "cifar10", mode, metrics=("trace_V",))
 
 
 PAPER_SEEDS = {"quick": (0,), "standard": (0,), "paper": (0, 1, 2)}
 
 
 TABLE1 = {
-    ("resnet18", "cifar10"): (95.62, 95.99, 96.24), ("resnet50", "cifar10"): (95.64, 96.06, 96.34),
-    ("wrn28-10", "cifar10"): (96.47, 96.91, 97.11), ("resnet18", "cifar100"): (78.91, 78.90, 79.31),
-    ("resnet50", "cifar100"): (79.55, 80.31, 80.83), ("wrn28-10", "cifar100"): (81.55, 83.25, 83.52),
+    ("resnet18", "cifar10"): (95.62, 95.99, 96.24),
+    ("resnet50", "cifar10"): (95.64, 96.06, 96.34),
+    ("wrn28-10", "cifar10"): (96.47, 96.91, 97.11),
+    ("resnet18", "cifar100"): (78.91, 78.90, 79.31),
+    ("resnet50", "cifar100"): (79.55, 80.31, 80.83),
+    ("wrn28-10", "cifar100"): (81.55, 83.25, 83.52),
 }
 
 
 for (_model, _data), _paper in TABLE1.items():
-    register(Experiment(
-        f"table1-{_model}-{_data}",
-        f"paper Table 1: {_model} on {_data.upper()}, SGD / SAM / RW-SAM (paper: {_paper[0]} / {_paper[1]} / "
-        f"{_paper[2]} %)",
-        lambda mode, _m=_model, _d=_data: _paper_runs(_m, _d, mode), PAPER_SEEDS, "06_reproduction",
-        PAPER_NOTES,
-    ))
+    register(
+        Experiment(
+            f"table1-{_model}-{_data}",
+            f"paper Table 1: {_model} on {_data.upper()}, SGD / SAM / RW-SAM "
+            f"(paper: {_paper[0]} / {_paper[1]} / {_paper[2]} %)",
+            functools.partial(_table1_runs, _model, _data),
+            PAPER_SEEDS,
+            "06_reproduction",
+            PAPER_NOTES,
+        )
+    )
 
 
-TABLE4 = {0.2: (87.54, 90.01, 90.34), 0.4: (83.66, 86.40, 86.87), 0.6: (76.64, 78.79, 81.52),
-          0.8: (46.53, 37.69, 53.17)}
+TABLE4 = {
+    0.2: (87.54, 90.01, 90.34),
+    0.4: (83.66, 86.40, 86.87),
+    0.6: (76.64, 78.79, 81.52),
+    0.8: (46.53, 37.69, 53.17),
+}
 
 
 for _noise, _paper in TABLE4.items():
-    register(Experiment(
-        f"table4-noise{round(_noise * 100)}",
-        f"paper Table 4: {round(_noise * 100)} % label noise, ResNet-18 on CIFAR-10, SGD / SAM / RW-SAM "
-        f"(paper: {_paper[0]} / {_paper[1]} / {_paper[2]} %)",
-        lambda mode, _n=_noise: _paper_runs("resnet18", "cifar10", mode, noise=_n), PAPER_SEEDS,
+    register(
+        Experiment(
+            f"table4-noise{round(_noise * 100)}",
+            f"paper Table 4: {round(_noise * 100)} % label noise, ResNet-18 on CIFAR-10, SGD / SAM / RW-SAM "
+            f"(paper: {_paper[0]} / {_paper[1]} / {_paper[2]} %)",
+            functools.partial(_table4_runs, _noise),
+            PAPER_SEEDS,
+            "06_reproduction",
+            PAPER_NOTES
+            + " Table 4's model and data set (ResNet-18, CIFAR-10) and its noise model (a corrupted "
+            "label moves to one of the other classes) are UNCONFIRMED.",
+        )
+    )
+
+
+register(
+    Experiment(
+        "table6-resnet18-cifar10",
+        "paper Table 6: tr V at the solution, ResNet-18 on CIFAR-10 (paper: SGD 572.39, SAM 198.40, "
+        "RW-SAM 177.79)",
+        _table6_runs,
+        PAPER_SEEDS,
         "06_reproduction",
-        PAPER_NOTES + " Table 4's model and data set (ResNet-18, CIFAR-10) and its noise model (a corrupted "
-        "label moves to one of the other classes) are UNCONFIRMED.",
-    ))
-
-
-register(Experiment(
-    "table6-resnet18-cifar10",
-    "paper Table 6: tr V at the solution, ResNet-18 on CIFAR-10 (paper: SGD 572.39, SAM 198.40, "
-    "RW-SAM 177.79)",
-    lambda mode: _paper_runs("resnet18", "cifar10", mode, metrics=("trace_V",)), PAPER_SEEDS,
-    "06_reproduction",
-    PAPER_NOTES + " Table 6's model, data set and the samples tr V is computed on are UNCONFIRMED; here: "
-    "ResNet-18, CIFAR-10, the first 1000 training samples (eval mode) after the last epoch.",
-))
+        PAPER_NOTES + " Table 6's model, data set and the samples tr V is computed on are UNCONFIRMED; here: "
+        "ResNet-18, CIFAR-10, the first 1000 training samples (eval mode) after the last epoch.",
+    )
+)
