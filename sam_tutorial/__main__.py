@@ -108,22 +108,22 @@ def _run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
     mode = args.mode or config.mode()
-    dist = None
+    ctx = None
     if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
         # under torchrun: one process per device; rank 0 alone writes results and prints
-        dist = distributed.init_from_env(device=(device or config.device()).type)
-        device = dist.device
+        ctx = distributed.init_from_env(device=(device or config.device()).type)
+        device = ctx.device
     try:
-        if dist is None or dist.is_main:
-            world = f" world_size={dist.world_size}" if dist is not None else ""
+        if ctx is None or ctx.is_main:
+            world = f" world_size={ctx.world_size}" if ctx is not None else ""
             print(f"# {args.name}: mode={mode} device={device or config.device()}{world} "
                   f"torch={torch.__version__}", file=sys.stderr)
         result = run_experiment(args.name, mode=mode, seeds=args.seed, out=args.out, device=device,
-                                progress=not args.no_progress, data_root=args.data_root, dist=dist)
-        if dist is None or dist.is_main:
+                                progress=not args.no_progress, data_root=args.data_root, ctx=ctx)
+        if ctx is None or ctx.is_main:
             print(result.table())
     finally:
-        if dist is not None:
+        if ctx is not None:
             distributed.destroy()
     return 0
 

@@ -161,11 +161,11 @@ def run_optimizer(
     return Run(torch.stack(points), batches, torch.stack(norms) if norms else empty)
 
 
-def batch_loss(problem: ProblemFn, batch: Tensor | None = None) -> ProblemFn:
-    """``x [..., d] -> f_S(x) [...]``, the mean loss over the indices ``batch`` (all samples if ``None``)."""
-    if batch is None:
+def batch_loss(problem: ProblemFn, indices: Tensor | None = None) -> ProblemFn:
+    """``x [..., d] -> f_S(x) [...]``, the mean loss over the sample ``indices`` (all samples if ``None``)."""
+    if indices is None:
         return lambda x: problem(x).mean(-1)
-    return lambda x: problem(x)[..., batch].mean(-1)
+    return lambda x: problem(x)[..., indices].mean(-1)
 
 
 def loss_grid(
@@ -300,11 +300,11 @@ def perturbations(
     if rho < 0:
         raise ValueError(f"rho must be >= 0, got {rho!r}")
     grads = jacrev(problem)(x)  # [n, d]
-    dist = batch_distribution(
+    law = batch_distribution(
         grads.shape[0], m, max_batches=max_batches, dtype=x.dtype,
         generator=torch.Generator().manual_seed(seed),
     )
-    g = dist.weights @ grads
+    g = law.weights @ grads
     if normalize:
         g = g / g.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
-    return rho * g, dist.probs
+    return rho * g, law.probs

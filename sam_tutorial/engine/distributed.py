@@ -21,7 +21,7 @@ Outside torchrun (no ``WORLD_SIZE`` in the environment), :func:`init_from_env` r
 context and initialises nothing, so the same script runs on one device.
 
 A named experiment runs the same way from the command line, ``torchrun --nproc_per_node N -m
-sam_tutorial run NAME``: :func:`sam_tutorial.engine.train.fit` takes the context as ``dist=`` (see there and
+sam_tutorial run NAME``: :func:`sam_tutorial.engine.train.fit` takes the context as ``ctx=`` (see there and
 :mod:`sam_tutorial.engine.runs`).
 """
 

@@ -98,7 +98,7 @@ def run_experiment(
     progress: bool = False,
     data_root: str | os.PathLike[str] | None = None,
     labels: Sequence[str] | None = None,
-    dist: DistContext | None = None,
+    ctx: DistContext | None = None,
 ) -> ExperimentResult:
     """Run (or load from the cache) every run of an experiment for every seed.
 
@@ -111,7 +111,7 @@ def run_experiment(
         progress: show a progress bar per run.
         data_root: data folder (default: ``$SAM_TUTORIAL_DATA`` or the user cache folder).
         labels: run only these runs (default: all).
-        dist: under torchrun, this process's :class:`~sam_tutorial.engine.distributed.DistContext` (from
+        ctx: under torchrun, this process's :class:`~sam_tutorial.engine.distributed.DistContext` (from
             :func:`sam_tutorial.engine.distributed.init_from_env`); every rank calls this with the same
             arguments and trains its shard of each global batch, rank 0 alone writes the results, and
             every rank gets them back (see :mod:`sam_tutorial.engine.runs`).
@@ -133,7 +133,7 @@ def run_experiment(
     root = runs_root(out)
     records = [
         run_one(exp, mode, spec, seed, out=root, device=dev, progress=progress, data_root=data_root,
-                specs=by_label, dist=dist)
+                specs=by_label, ctx=ctx)
         for spec in specs
         if labels is None or spec.label in labels
         for seed in chosen

@@ -13,7 +13,7 @@ run that starts from another run's weights (``init_from``), that run's hash. A r
 exists is served from the cache; a run whose checkpoint exists resumes from it; a second process on
 the same run waits for the first and then reads its result.
 
-Under torchrun (``dist=`` with ``world_size > 1``) every rank trains its shard of the same global
+Under torchrun (``ctx=`` with ``world_size > 1``) every rank trains its shard of the same global
 batches (:func:`sam_tutorial.engine.train.fit`); only rank 0 reads and writes the result, the checkpoint
 and the lock, and it broadcasts its decisions and the result to the other ranks (which only read
 the checkpoint, to resume). Such a run records ``"distributed": {"world_size": N, "scope": ...}`` in
@@ -212,7 +212,7 @@ def run_one(
     progress: bool = False,
     data_root: str | os.PathLike[str] | None = None,
     specs: Mapping[str, RunSpec] | None = None,
-    dist: DistContext | None = None,
+    ctx: DistContext | None = None,
 ) -> dict[str, Any]:
     """Return the result of one (run, seed): from the cache, else by training (resuming if possible).
 
@@ -226,31 +226,31 @@ def run_one(
         progress: show a progress bar.
         data_root: data folder (see :func:`sam_tutorial.engine.data.data_root`).
         specs: the experiment's runs by label (for ``init_from``; default: ``exp.runs(mode)``).
-        dist: this process's place under torchrun (the process group initialised); every rank calls
+        ctx: this process's place under torchrun (the process group initialised); every rank calls
             this with the same arguments and gets the same record back (see the module docstring).
 
     Returns:
         The result record (what the JSON file holds).
     """
     specs = specs if specs is not None else {s.label: s for s in exp.runs(mode)}
-    world = dist.world_size if dist is not None else 1
-    main = dist is None or dist.is_main
+    world = ctx.world_size if ctx is not None else 1
+    main = ctx is None or ctx.is_main
     digest = run_hash(exp, mode, spec, seed, specs, world)
     path = run_path(out, exp, mode, spec, seed, digest)
-    cached = _from_main(_cached(path, digest) if main else None, dist)
+    cached = _from_main(_cached(path, digest) if main else None, ctx)
     if cached is not None:
         return cached
     lock: AbstractContextManager[None] = run_lock(path.with_suffix(".lock")) if main else nullcontext()
     with lock:
         # another process may have finished it while we waited
-        cached = _from_main(_cached(path, digest) if main else None, dist)
+        cached = _from_main(_cached(path, digest) if main else None, ctx)
         if cached is not None:
             return cached
         init_state = None
         if spec.init_from is not None:
             parent = specs[spec.init_from]
             run_one(exp, mode, parent, seed, out=out, device=device, progress=progress,
-                    data_root=data_root, specs=specs, dist=dist)
+                    data_root=data_root, specs=specs, ctx=ctx)
             parent_ckpt = run_path(out, exp, mode, parent, seed,
                                    run_hash(exp, mode, parent, seed, specs, world))
             init_state = load_checkpoint(parent_ckpt.with_suffix(".pt"), None)["model"]
@@ -263,9 +263,9 @@ def run_one(
         started = time.perf_counter()
         result = fit(model, data, spec.train, seed=seed, device=device, checkpoint=path.with_suffix(".pt"),
                      fingerprint=digest, progress=progress, desc=f"{exp.name}/{spec.label} s{seed}",
-                     init_state=init_state, dist=dist)
+                     init_state=init_state, ctx=ctx)
         if not main:
-            return _from_main(None, dist)
+            return _from_main(None, ctx)
         seconds = result.history["seconds"]
         record = {
             "format": RESULT_FORMAT, "experiment": exp.name, "mode": mode, "label": spec.label,
@@ -279,12 +279,12 @@ def run_one(
         }
         write_json(path, record)
         # the cached form (lists, not tuples), so fresh and cached results are equal
-        return _from_main(read_json(path), dist)
+        return _from_main(read_json(path), ctx)
 
 
-def _from_main(value: Any, dist: DistContext | None) -> Any:
+def _from_main(value: Any, ctx: DistContext | None) -> Any:
     """``value`` as rank 0 has it, on every rank (a broadcast under torchrun; else ``value`` itself)."""
-    if dist is None or not dist.distributed:
+    if ctx is None or not ctx.distributed:
         return value
     box = [value]
     torch.distributed.broadcast_object_list(box, src=0)

@@ -140,7 +140,7 @@ def fit(
     desc: str | None = None,
     metrics: Mapping[str, Metric] | None = None,
     init_state: Mapping[str, Tensor] | None = None,
-    dist: DistContext | None = None,
+    ctx: DistContext | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data`` as ``config`` says; resume from ``checkpoint`` if it exists.
 
@@ -158,7 +158,7 @@ def fit(
         desc: the progress bar's label.
         metrics: extra hooks ``name -> fn(model) -> 0-d tensor``, evaluated with the built-in ones.
         init_state: a ``state_dict`` loaded into the model before a fresh start (not on resume).
-        dist: this process's place among several (:func:`sam_tutorial.engine.distributed.init_from_env`
+        ctx: this process's place among several (:func:`sam_tutorial.engine.distributed.init_from_env`
             under torchrun, with the process group initialised). With ``world_size > 1`` the model is
             wrapped in ``DistributedDataParallel`` and the optimizer gets ``config.scope``; every rank
             draws the same global batches of ``config.batch_size`` (same loader seed) and steps on its
@@ -172,29 +172,21 @@ def fit(
 
     Raises:
         ValueError: if the batch size exceeds the training set, or a metric name is taken twice; under
-            ``dist``, if the batch size is not a multiple of the world size (or, for ``m-sam``, the
+            ``ctx``, if the batch size is not a multiple of the world size (or, for ``m-sam``, the
             per-rank batch is not a multiple of ``m``).
         sam_tutorial.engine.storage.CheckpointError: if ``checkpoint`` is corrupted or belongs to another run.
     """
-    ctx = dist if dist is not None and dist.distributed else None  # None: one process
-    main = dist is None or dist.is_main
-    if ctx is not None:
-        if config.batch_size % ctx.world_size:
-            raise ValueError(f"batch_size={config.batch_size} (the global batch) must be a multiple of the "
-                             f"world size {ctx.world_size}")
-        per_rank = config.batch_size // ctx.world_size
-        if config.optimizer == "m-sam" and per_rank % config.m:  # type: ignore[operator]
-            raise ValueError(f"m={config.m} must divide the per-rank batch batch_size / world_size = "
-                             f"{per_rank}")
+    main = ctx is None or ctx.is_main
+    if ctx is not None and not ctx.distributed:
+        ctx = None  # one process
+    _check_world(config, ctx)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
-    net = model  # the plain module: evaluated, checkpointed and returned
     hooks = builtin_metrics(config, data, device)
     for name, fn in (metrics or {}).items():
         if name in hooks:
             raise ValueError(f"metric {name!r} is defined twice (built-in and in metrics=)")
         hooks[name] = fn
-    metric_epochs = set(config.metric_epochs) or ({config.epochs} if hooks else set())
     if fingerprint is None:
         fingerprint = config_hash({
             "config": config.to_dict(), "seed": seed, "data": [data.name, data.info.get("n_train"),
@@ -202,109 +194,149 @@ def fit(
             "metrics": sorted(hooks),
             **({"world_size": ctx.world_size, "scope": config.scope} if ctx is not None else {}),
         })
-
-    loader = BatchLoader(*data.train, config.batch_size, augment=config.augment,
-                         fill=data.pad_fill if data.pad_fill is not None else 0.0, device=device, seed=seed)
-    if ctx is not None:
-        model = wrap(net, ctx)
-    opt = make_optimizer(model, config, data, seed=seed)
-    steps = len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt.base, _Cosine(config.epochs * steps, config.warmup_epochs * steps, config.schedule == "cosine")
-    )
-    noisy = bool(data.label_noise > 0)
-    history: dict[str, Any] = {k: [] for k in (
-        "epoch", "lr", "train_loss", "train_acc", *(["train_acc_clean"] if noisy else []),
-        "test_loss", "test_acc", "skipped", "seconds")}
-    history["metrics"] = {"epoch": [], **{name: [] for name in hooks}}
-
-    start = 0
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint, fingerprint)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
-        history, start = state["history"], int(state["epoch"])
-    elif init_state is not None:
-        net.load_state_dict(init_state)
-    resumed_from = start
-
-    def run_metrics(epoch: int) -> list[Tensor]:
-        if epoch not in metric_epochs:
-            return []
-        was_training = net.training
-        out = [hooks[name](net).detach().reshape(()).float() for name in hooks]
-        net.train(was_training)
-        return out
-
-    def record_metrics(epoch: int, values: list[float]) -> None:
-        if values:
-            history["metrics"]["epoch"].append(epoch)
-            for name, v in zip(hooks, values):
-                history["metrics"][name].append(v)
-
-    if start == 0:
-        record_metrics(0, torch.stack(run_metrics(0)).tolist() if 0 in metric_epochs and hooks else [])
-
-    test_x, test_y = data.test[0].to(device), data.test[1].to(device)
-    train_targets: tuple[Tensor, ...] = (loader.targets,)
-    if noisy:
-        train_targets += (data.clean_train_targets.to(device),)
-    bar = tqdm(total=config.epochs * steps, initial=start * steps, desc=desc, disable=not (progress and main),
-               leave=False, dynamic_ncols=True)
+    loop = _Loop(model, data, config, seed, device, hooks, ctx)
+    start = loop.resume(checkpoint, fingerprint, init_state)
+    bar = tqdm(total=config.epochs * loop.steps, initial=start * loop.steps, desc=desc,
+               disable=not (progress and main), leave=False, dynamic_ncols=True)
     try:
         for epoch in range(start + 1, config.epochs + 1):
-            model.train()
-            t0 = time.perf_counter()
-            lr = opt.base.param_groups[0]["lr"]  # base: its list is replaced by load_state_dict
-            loss_sum = torch.zeros((), device=device)
-            skipped = torch.zeros((), device=device)
-            for x, y in loader:
-                if ctx is not None:
-                    x, y = shard((x, y), ctx)
-                stats = opt.step(x, y, cross_entropy)
-                loss_sum += stats.loss.detach().float()
-                skipped += stats.skipped.float()
-                sched.step()
-                bar.update(1)
-            if ctx is not None:  # the mean loss over the global batches
-                torch.distributed.all_reduce(loss_sum)
-                loss_sum /= ctx.world_size
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - t0
-            test_loss, test_acc = evaluate(net, test_x, test_y, batch_size=config.eval_batch_size)
-            tracked = {"train_loss": loss_sum / steps, "skipped": skipped, "test_loss": test_loss,
-                       "test_acc": test_acc}
-            if config.eval_train:
-                accs = evaluate(net, loader.inputs, train_targets, config.eval_batch_size)[1:]
-                tracked.update(zip(("train_acc", "train_acc_clean"), accs))
-            extra = run_metrics(epoch)
-            values = torch.stack([t.reshape(()).float() for t in [*tracked.values(), *extra]]).tolist()
-            row = dict(zip(tracked, values))  # the one host synchronisation of the epoch
-            row.update(epoch=epoch, lr=lr, seconds=seconds, skipped=int(row["skipped"]))
-            for key in history:
-                if key != "metrics":
-                    history[key].append(row.get(key))
-            record_metrics(epoch, values[len(tracked) :])
+            row = loop.epoch(epoch, bar)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", test_acc=f"{row['test_acc']:.3f}", refresh=False)
             if checkpoint is not None and main:
-                save_checkpoint(checkpoint, {
-                    "epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "loader": loader.state_dict(),
-                    "rng": rng_state(), "history": history,
-                }, fingerprint)
+                loop.save(checkpoint, fingerprint, epoch)
     finally:
         bar.close()
+    return FitResult(history=loop.history, final=loop.final(), resumed_from=start, model=loop.net,
+                     optimizer=loop.opt)
 
-    final: dict[str, float | None] = {
-        k: v[-1] for k, v in history.items()
-        if k not in ("metrics", "epoch", "lr", "seconds", "skipped") and v
-    }
-    final["skipped"] = sum(history["skipped"])
-    for name in hooks:
-        if history["metrics"][name]:
-            final[name] = history["metrics"][name][-1]
-    return FitResult(history=history, final=final, resumed_from=resumed_from, model=net, optimizer=opt)
+
+def _check_world(config: TrainConfig, ctx: DistContext | None) -> None:
+    """Refuse global batches that the ranks (and m-SAM's micro-batches) cannot share evenly."""
+    if ctx is None:
+        return
+    if config.batch_size % ctx.world_size:
+        raise ValueError(f"batch_size={config.batch_size} (the global batch) must be a multiple of the "
+                         f"world size {ctx.world_size}")
+    per_rank = config.batch_size // ctx.world_size
+    if config.optimizer == "m-sam" and config.m is not None and per_rank % config.m:
+        raise ValueError(f"m={config.m} must divide the per-rank batch batch_size / world_size = {per_rank}")
+
+
+class _Loop:
+    """The state of one run of :func:`fit`: loader, optimizer, schedule, history; one method per phase."""
+
+    def __init__(self, model: nn.Module, data: Dataset, config: TrainConfig, seed: int, device: torch.device,
+                 hooks: dict[str, Metric], ctx: DistContext | None) -> None:
+        self.net = model  # the plain module: evaluated, checkpointed and returned
+        self.config, self.hooks, self.ctx, self.device = config, hooks, ctx, device
+        self.metric_epochs = set(config.metric_epochs) or ({config.epochs} if hooks else set())
+        self.loader = BatchLoader(*data.train, config.batch_size, augment=config.augment,
+                                  fill=data.pad_fill if data.pad_fill is not None else 0.0, device=device,
+                                  seed=seed)
+        self.model = wrap(model, ctx) if ctx is not None else model
+        self.opt = make_optimizer(self.model, config, data, seed=seed)
+        self.steps = len(self.loader)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt.base, _Cosine(
+            config.epochs * self.steps, config.warmup_epochs * self.steps, config.schedule == "cosine"))
+        noisy = bool(data.label_noise > 0)
+        self.history: dict[str, Any] = {k: [] for k in (
+            "epoch", "lr", "train_loss", "train_acc", *(["train_acc_clean"] if noisy else []),
+            "test_loss", "test_acc", "skipped", "seconds")}
+        self.history["metrics"] = {"epoch": [], **{name: [] for name in hooks}}
+        self.test_x, self.test_y = data.test[0].to(device), data.test[1].to(device)
+        self.train_targets: tuple[Tensor, ...] = (self.loader.targets,)
+        if noisy:
+            self.train_targets += (data.clean_train_targets.to(device),)
+
+    def resume(self, checkpoint: str | Path | None, fingerprint: str,
+               init_state: Mapping[str, Tensor] | None) -> int:
+        """Load the checkpoint if there is one (return its epoch), else start fresh (0)."""
+        if checkpoint is not None and Path(checkpoint).exists():
+            state = load_checkpoint(checkpoint, fingerprint)
+            self.net.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.loader.load_state_dict(state["loader"])
+            set_rng_state(state["rng"])
+            self.history = state["history"]
+            return int(state["epoch"])
+        if init_state is not None:
+            self.net.load_state_dict(init_state)
+        if 0 in self.metric_epochs and self.hooks:
+            self._record_metrics(0, torch.stack(self._run_metrics(0)).tolist())
+        return 0
+
+    def _run_metrics(self, epoch: int) -> list[Tensor]:
+        if epoch not in self.metric_epochs:
+            return []
+        was_training = self.net.training
+        out = [self.hooks[name](self.net).detach().reshape(()).float() for name in self.hooks]
+        self.net.train(was_training)
+        return out
+
+    def _record_metrics(self, epoch: int, values: list[float]) -> None:
+        if values:
+            self.history["metrics"]["epoch"].append(epoch)
+            for name, v in zip(self.hooks, values):
+                self.history["metrics"][name].append(v)
+
+    def _train_epoch(self, bar: Any) -> dict[str, Tensor]:
+        """One pass over the loader; the step losses stay on the device."""
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        skipped = torch.zeros((), device=self.device)
+        for x, y in self.loader:
+            if self.ctx is not None:
+                x, y = shard((x, y), self.ctx)
+            stats = self.opt.step(x, y, cross_entropy)
+            loss_sum += stats.loss.detach().float()
+            skipped += stats.skipped.float()
+            self.sched.step()
+            bar.update(1)
+        if self.ctx is not None:  # the mean loss over the global batches
+            torch.distributed.all_reduce(loss_sum)
+            loss_sum /= self.ctx.world_size
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return {"train_loss": loss_sum / self.steps, "skipped": skipped}
+
+    def epoch(self, epoch: int, bar: Any) -> dict[str, Any]:
+        """Train one epoch, evaluate, take the metrics; one host synchronisation; append to the history."""
+        t0 = time.perf_counter()
+        lr = self.opt.base.param_groups[0]["lr"]  # base: its list is replaced by load_state_dict
+        tracked = self._train_epoch(bar)
+        seconds = time.perf_counter() - t0
+        bs = self.config.eval_batch_size
+        test_loss, test_acc = evaluate(self.net, self.test_x, self.test_y, batch_size=bs)
+        tracked.update(test_loss=test_loss, test_acc=test_acc)
+        if self.config.eval_train:
+            accs = evaluate(self.net, self.loader.inputs, self.train_targets, bs)[1:]
+            tracked.update(zip(("train_acc", "train_acc_clean"), accs))
+        extra = self._run_metrics(epoch)
+        values = torch.stack([t.reshape(()).float() for t in [*tracked.values(), *extra]]).tolist()
+        row: dict[str, Any] = dict(zip(tracked, values))  # the one host synchronisation of the epoch
+        row.update(epoch=epoch, lr=lr, seconds=seconds, skipped=int(row["skipped"]))
+        for key in self.history:
+            if key != "metrics":
+                self.history[key].append(row.get(key))
+        self._record_metrics(epoch, values[len(tracked):])
+        return row
+
+    def save(self, checkpoint: str | Path, fingerprint: str, epoch: int) -> None:
+        save_checkpoint(checkpoint, {
+            "epoch": epoch, "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "loader": self.loader.state_dict(),
+            "rng": rng_state(), "history": self.history,
+        }, fingerprint)
+
+    def final(self) -> dict[str, float | None]:
+        """The last epoch's values, the last value of every metric, the skipped steps of the run."""
+        final: dict[str, float | None] = {
+            k: v[-1] for k, v in self.history.items()
+            if k not in ("metrics", "epoch", "lr", "seconds", "skipped") and v
+        }
+        final["skipped"] = sum(self.history["skipped"])
+        for name in self.hooks:
+            if self.history["metrics"][name]:
+                final[name] = self.history["metrics"][name][-1]
+        return final

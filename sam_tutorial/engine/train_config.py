@@ -78,7 +78,7 @@ class TrainConfig:
         nsam_samples: training samples (the first ones) whose gradient builds n-SAM's perturbation
             (``None``: all).
         scope: where the perturbation comes from when :func:`fit` runs on several processes
-            (``dist=``, e.g. under torchrun): ``"local"`` perturbs with each rank's own gradient, i.e.
+            (``ctx=``, e.g. under torchrun): ``"local"`` perturbs with each rank's own gradient, i.e.
             m-SAM with m = the per-rank batch ``batch_size / world_size``; ``"global"`` with the
             all-reduced gradient, i.e. SAM on the global batch of ``batch_size``. Ignored in a single
             process; ``m-sam`` accepts ``"local"`` only. Left out of :meth:`to_dict` when ``"local"``,

@@ -203,7 +203,7 @@ def batch_grad_moments(
     (tensor(1.), tensor(0.))
     """
     _check_grads(grads)
-    dist = batch_distribution(
+    law = batch_distribution(
         grads.shape[0],
         b,
         replacement=replacement,
@@ -213,8 +213,8 @@ def batch_grad_moments(
         device=grads.device,
     )
     gram = grads @ grads.T
-    sq = ((dist.weights @ gram) * dist.weights).sum(1).clamp_min(0)
-    return BatchGradMoments(dist.probs @ sq, dist.probs @ sq.sqrt(), dist.exact)
+    sq = ((law.weights @ gram) * law.weights).sum(1).clamp_min(0)
+    return BatchGradMoments(law.probs @ sq, law.probs @ sq.sqrt(), law.exact)
 
 
 def expected_sq_batch_grad_norm(grads: Tensor, b: int, *, replacement: bool = False) -> Tensor:

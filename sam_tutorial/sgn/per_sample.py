@@ -33,9 +33,9 @@ __all__ = ["per_sample_grads"]
 _CHUNK_NUMBERS = 2**21
 
 
-def _chunk_size(chunk_size: int | None, batch: int, numel: int) -> int:
+def _chunk_size(chunk_size: int | None, batch_size: int, numel: int) -> int:
     if chunk_size is None:
-        return max(1, min(batch, _CHUNK_NUMBERS // max(numel, 1)))
+        return max(1, min(batch_size, _CHUNK_NUMBERS // max(numel, 1)))
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     return chunk_size

@@ -1,7 +1,7 @@
 r"""The discrete SAM-family algorithms on a toy problem, for many independent runs at once, and their
 exact expected one-step update.
 
-A problem is a callable ``losses(x) -> [n]`` of the parameters ``x`` ``[d]`` (see
+A problem is a callable ``problem(x) -> [n]`` of the parameters ``x`` ``[d]`` (see
 :mod:`sam_tutorial.theory.problems`). With :math:`g_S(x)=\frac1{|S|}\sum_{i\in S}\nabla f_i(x)` and a batch
 :math:`\gamma` of size :math:`b`, one step is :math:`x\leftarrow x-\eta\,D_\gamma(x)` with
 (paper §2):
@@ -117,22 +117,22 @@ def check_sizes(n: int, variant: Variant, b: int, m: int | None, replacement: bo
     return b
 
 
-def _weighted_grad(losses: ProblemFn) -> Callable[[Tensor, Tensor], Tensor]:
-    """``(x, w) -> grad of w @ losses at x``: the gradient of a weighted batch loss."""
-    return grad(lambda x, w: w @ losses(x))
+def _weighted_grad(problem: ProblemFn) -> Callable[[Tensor, Tensor], Tensor]:
+    """``(x, w) -> grad of w @ problem at x``: the gradient of a weighted batch loss."""
+    return grad(lambda x, w: w @ problem(x))
 
 
 def _direction(
-    losses: ProblemFn, x: Tensor, descent: Tensor, perturb: Tensor | None, rho: float, normalize: bool
+    problem: ProblemFn, x: Tensor, descent: Tensor, perturb: Tensor | None, rho: float, normalize: bool
 ) -> Tensor:
-    """Mean over rows ``j`` of ``grad(descent_j . losses)(x + rho * N(grad(perturb_j . losses)(x)))``."""
-    wg = vmap(_weighted_grad(losses), in_dims=(None, 0))
+    """Mean over rows ``j`` of ``grad(descent_j . problem)(x + rho * N(grad(perturb_j . problem)(x)))``."""
+    wg = vmap(_weighted_grad(problem), in_dims=(None, 0))
     if perturb is None or rho == 0:
         return wg(x, descent).mean(0)
     p = wg(x, perturb)
     if normalize:
         p = p / p.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
-    return vmap(_weighted_grad(losses))(x + rho * p, descent).mean(0)
+    return vmap(_weighted_grad(problem))(x + rho * p, descent).mean(0)
 
 
 def _weights(index: Tensor, n: int, group: int, dtype: torch.dtype) -> Tensor:
@@ -158,15 +158,15 @@ def _plan(
 
 
 def update_direction(
-    losses: ProblemFn, x: Tensor, variant: str, batch: Tensor, *, rho: float, m: int | None = None
+    problem: ProblemFn, x: Tensor, variant: str, indices: Tensor, *, rho: float, m: int | None = None
 ) -> Tensor:
-    r"""The direction :math:`D_\gamma(x)` of one step on the batch of indices ``batch`` (table above).
+    r"""The direction :math:`D_\gamma(x)` of one step on the batch of sample indices ``indices`` (table above).
 
     Args:
-        losses: the problem, ``x [d] -> [n]``.
+        problem: the problem, ``x [d] -> [n]``.
         x: parameters ``[d]``.
         variant: one of :data:`VARIANTS`.
-        batch: sample indices ``[b]`` (micro-batches are consecutive blocks of ``m``).
+        indices: sample indices ``[b]`` of the batch (micro-batches are consecutive blocks of ``m``).
         rho: perturbation radius.
         m: micro-batch size (m-variants).
 
@@ -183,17 +183,17 @@ def update_direction(
     True
     """
     v = parse_variant(variant)
-    n = losses(x).shape[-1]
-    check_sizes(n, v, batch.shape[0], m, replacement=True)
-    batch = batch.to(x.device)
-    whole = _weights(batch, n, batch.shape[0], x.dtype)
-    micro = _weights(batch, n, m, x.dtype) if v.scope == "micro" else whole
+    n = problem(x).shape[-1]
+    check_sizes(n, v, indices.shape[0], m, replacement=True)
+    indices = indices.to(x.device)
+    whole = _weights(indices, n, indices.shape[0], x.dtype)
+    micro = _weights(indices, n, m if m is not None else indices.shape[0], x.dtype) if v.scope == "micro" else whole
     descent, perturb = _plan(v, whole, micro, n)
-    return _direction(losses, x, descent, perturb, rho, v.normalize)
+    return _direction(problem, x, descent, perturb, rho, v.normalize)
 
 
 def expected_update(
-    losses: ProblemFn,
+    problem: ProblemFn,
     x: Tensor,
     variant: str,
     *,
@@ -212,7 +212,7 @@ def expected_update(
     :math:`\nabla f(x+\rho\,\nabla f/\|\nabla f\|)` (or without the norm).
 
     Args:
-        losses: the problem, ``x [d] -> [n]``.
+        problem: the problem, ``x [d] -> [n]``.
         x: parameters ``[d]``.
         variant: one of :data:`VARIANTS`.
         rho: perturbation radius.
@@ -235,12 +235,12 @@ def expected_update(
     True
     """
     v = parse_variant(variant)
-    n = losses(x).shape[-1]
+    n = problem(x).shape[-1]
     size = check_sizes(n, v, b, m, replacement)
     if v.scope == "full":
         uniform = torch.full((1, n), 1.0 / n, dtype=x.dtype, device=x.device)
-        return _direction(losses, x, uniform, uniform, rho, v.normalize)
-    dist = batch_distribution(
+        return _direction(problem, x, uniform, uniform, rho, v.normalize)
+    law = batch_distribution(
         n,
         size,
         replacement=replacement,
@@ -249,16 +249,16 @@ def expected_update(
         dtype=x.dtype,
         device=x.device,
     )
-    rows = dist.weights.unsqueeze(1)  # one block per batch
+    rows = law.weights.unsqueeze(1)  # one block per batch
     if v.scope == "none":
-        dirs = vmap(lambda d: _direction(losses, x, d, None, rho, False))(rows)
+        dirs = vmap(lambda d: _direction(problem, x, d, None, rho, False))(rows)
     else:
-        dirs = vmap(lambda d: _direction(losses, x, d, d, rho, v.normalize))(rows)
-    return dist.probs @ dirs
+        dirs = vmap(lambda d: _direction(problem, x, d, d, rho, v.normalize))(rows)
+    return law.probs @ dirs
 
 
 def discrete_trajectory(
-    losses: ProblemFn,
+    problem: ProblemFn,
     x0: Tensor,
     variant: str,
     *,
@@ -274,7 +274,7 @@ def discrete_trajectory(
     r"""``n_paths`` independent runs of :math:`x_{k+1}=x_k-\eta D_{\gamma_k}(x_k)`, batched with ``vmap``.
 
     Args:
-        losses: the problem, ``x [d] -> [n]``.
+        problem: the problem, ``x [d] -> [n]``.
         x0: start ``[d]`` (shared by all paths) or ``[n_paths, d]``.
         variant: one of :data:`VARIANTS`.
         eta: learning rate :math:`\eta > 0`.
@@ -300,15 +300,15 @@ def discrete_trajectory(
     True
     """
     v = parse_variant(variant)
-    n = losses(x0.reshape(-1, x0.shape[-1])[0]).shape[-1]
+    n = problem(x0.reshape(-1, x0.shape[-1])[0]).shape[-1]
     size = check_sizes(n, v, b, m, replacement)
     _check_run(eta, rho, n_steps, n_paths)
     x = x0.expand(n_paths, x0.shape[-1]).clone() if x0.dim() == 1 else x0.clone()
     if x.shape[0] != n_paths:
         raise ValueError(f"x0 must be [d] or [n_paths, d] = [{n_paths}, d]; got {tuple(x0.shape)}")
     gen = torch.Generator().manual_seed(seed)
-    step = vmap(lambda x, d, p: _direction(losses, x, d, p, rho, v.normalize))
-    sgd_step = vmap(lambda x, d: _direction(losses, x, d, None, rho, v.normalize))
+    step = vmap(lambda x, d, p: _direction(problem, x, d, p, rho, v.normalize))
+    sgd_step = vmap(lambda x, d: _direction(problem, x, d, None, rho, v.normalize))
     out = [x]
     for _ in range(n_steps):
         index = sample_batches(n, b, n_paths, replacement=replacement, generator=gen).to(x.device)

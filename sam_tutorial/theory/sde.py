@@ -68,7 +68,7 @@ __all__ = ["WeakError", "diffusion_matrix", "drift", "euler_maruyama", "implicit
 
 
 def _setup(
-    losses: ProblemFn,
+    problem: ProblemFn,
     x: Tensor,
     variant: str,
     b: int,
@@ -77,24 +77,24 @@ def _setup(
     max_batches: int,
 ) -> tuple[Variant, int, int, BatchDistribution | None]:
     v = parse_variant(variant)
-    n = losses(x.reshape(-1, x.shape[-1])[0]).shape[-1]
+    n = problem(x.reshape(-1, x.shape[-1])[0]).shape[-1]
     size = check_sizes(n, v, b, m, replacement)
-    dist = None
+    law = None
     if v.normalize and v.scope != "full":
-        dist = batch_distribution(
+        law = batch_distribution(
             n, size, replacement=replacement, max_batches=max_batches, dtype=x.dtype, device=x.device
         )
-    return v, n, size, dist
+    return v, n, size, law
 
 
 def _regularizer_fn(
-    losses: ProblemFn,
+    problem: ProblemFn,
     v: Variant,
     n: int,
     size: int,
     rho: float,
     replacement: bool,
-    dist: BatchDistribution | None,
+    law: BatchDistribution | None,
 ) -> Callable[[Tensor], Tensor]:
     """``x [d] -> R(x)`` (a pure function of ``x``, differentiable with ``torch.func``)."""
     coeff = 0.0 if v.scope == "full" else batch_noise_coefficient(n, size, replacement=replacement)
@@ -102,15 +102,15 @@ def _regularizer_fn(
     def reg(x: Tensor) -> Tensor:
         if v.scope == "none" or rho == 0:
             return torch.zeros((), dtype=x.dtype, device=x.device)
-        g = jacrev(losses)(x)  # [n, d]
+        g = jacrev(problem)(x)  # [n, d]
         mean = g.mean(0)
         if not v.normalize:
             trace_v = (g - mean).square().sum(1).mean()
             return 0.5 * rho * (mean.square().sum() + coeff * trace_v)
         if v.scope == "full":
             return rho * torch.linalg.vector_norm(mean)
-        assert dist is not None
-        return rho * (dist.probs @ torch.linalg.vector_norm(dist.weights @ g, dim=-1))
+        assert law is not None
+        return rho * (law.probs @ torch.linalg.vector_norm(law.weights @ g, dim=-1))
 
     return reg
 
@@ -125,7 +125,7 @@ def _over_leading(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 
 
 def implicit_regularizer(
-    losses: ProblemFn,
+    problem: ProblemFn,
     x: Tensor,
     variant: str,
     *,
@@ -138,7 +138,7 @@ def implicit_regularizer(
     r"""The implicit regulariser :math:`R(x)` of ``variant`` (module table), differentiable in ``x``.
 
     Args:
-        losses: the problem, ``x [d] -> [n]``.
+        problem: the problem, ``x [d] -> [n]``.
         x: ``[d]`` or ``[..., d]``.
         variant: one of :data:`~sam_tutorial.theory.recursions.VARIANTS`.
         rho: perturbation radius.
@@ -161,12 +161,12 @@ def implicit_regularizer(
     >>> torch.allclose(implicit_regularizer(p, x, "n-usam", rho=0.2, b=2), 0.1 * g.square().sum())
     True
     """
-    v, n, size, dist = _setup(losses, x, variant, b, m, replacement, max_batches)
-    return _over_leading(_regularizer_fn(losses, v, n, size, rho, replacement, dist), x)
+    v, n, size, law = _setup(problem, x, variant, b, m, replacement, max_batches)
+    return _over_leading(_regularizer_fn(problem, v, n, size, rho, replacement, law), x)
 
 
 def drift(
-    losses: ProblemFn,
+    problem: ProblemFn,
     x: Tensor,
     variant: str,
     *,
@@ -184,7 +184,7 @@ def drift(
     (claims C3, C4; see :func:`sam_tutorial.theory.recursions.expected_update`).
 
     Args:
-        losses: the problem, ``x [d] -> [n]``.
+        problem: the problem, ``x [d] -> [n]``.
         x: ``[d]`` or ``[..., d]``.
         variant: one of :data:`~sam_tutorial.theory.recursions.VARIANTS`.
         rho: perturbation radius.
@@ -209,24 +209,24 @@ def drift(
     """
     if include_eta_term and not (eta is not None and eta > 0):
         raise ValueError(f"include_eta_term=True needs eta > 0, got eta={eta!r}")
-    v, n, size, dist = _setup(losses, x, variant, b, m, replacement, max_batches)
-    reg = _regularizer_fn(losses, v, n, size, rho, replacement, dist)
+    v, n, size, law = _setup(problem, x, variant, b, m, replacement, max_batches)
+    reg = _regularizer_fn(problem, v, n, size, rho, replacement, law)
     quarter_eta = 0.25 * eta if include_eta_term and eta is not None else 0.0
 
     def potential(z: Tensor) -> Tensor:
-        total = losses(z).mean() + reg(z)
+        total = problem(z).mean() + reg(z)
         if quarter_eta:
-            total = total + quarter_eta * grad(lambda y: losses(y).mean())(z).square().sum()
+            total = total + quarter_eta * grad(lambda y: problem(y).mean())(z).square().sum()
         return total
 
     return -_over_leading(grad(potential), x)
 
 
-def diffusion_matrix(losses: ProblemFn, x: Tensor, *, b: int, replacement: bool = False) -> Tensor:
+def diffusion_matrix(problem: ProblemFn, x: Tensor, *, b: int, replacement: bool = False) -> Tensor:
     r"""The leading-order diffusion :math:`\Sigma(x)=c_b V(x)`, shape ``[..., d, d]`` (module docstring).
 
     Args:
-        losses: the problem, ``x [d] -> [n]``.
+        problem: the problem, ``x [d] -> [n]``.
         x: ``[d]`` or ``[..., d]``.
         b: batch size.
         replacement: the sampling scheme (sets :math:`c_b`).
@@ -240,11 +240,11 @@ def diffusion_matrix(losses: ProblemFn, x: Tensor, *, b: int, replacement: bool 
     >>> torch.allclose(diffusion_matrix(p, x, b=4).trace(), torch.tensor(0.0, dtype=torch.float64))
     True
     """
-    n = losses(x.reshape(-1, x.shape[-1])[0]).shape[-1]
+    n = problem(x.reshape(-1, x.shape[-1])[0]).shape[-1]
     coeff = batch_noise_coefficient(n, b, replacement=replacement)
 
     def sigma(z: Tensor) -> Tensor:
-        g = jacrev(losses)(z)
+        g = jacrev(problem)(z)
         c = g - g.mean(0)
         return coeff * (c.T @ c) / n
 
@@ -252,7 +252,7 @@ def diffusion_matrix(losses: ProblemFn, x: Tensor, *, b: int, replacement: bool 
 
 
 def euler_maruyama(
-    losses: ProblemFn,
+    problem: ProblemFn,
     x0: Tensor,
     variant: str,
     *,
@@ -277,7 +277,7 @@ def euler_maruyama(
     has covariance exactly :math:`\eta h\,c_bV(X)` and no matrix square root is needed.
 
     Args:
-        losses: the problem, ``x [d] -> [n]``.
+        problem: the problem, ``x [d] -> [n]``.
         x0: start ``[d]`` (shared) or ``[n_paths, d]``.
         variant: one of :data:`~sam_tutorial.theory.recursions.VARIANTS`.
         eta: learning rate (the SDE's time scale).
@@ -309,18 +309,18 @@ def euler_maruyama(
     _check_run(eta, rho, n_steps, n_paths)
     if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
         raise ValueError(f"substeps must be an integer >= 1, got {substeps!r}")
-    v, n, size, dist = _setup(losses, x0, variant, b, m, replacement, max_batches)
-    reg = _regularizer_fn(losses, v, n, size, rho, replacement, dist)
+    v, n, size, law = _setup(problem, x0, variant, b, m, replacement, max_batches)
+    reg = _regularizer_fn(problem, v, n, size, rho, replacement, law)
     quarter_eta = 0.25 * eta if include_eta_term else 0.0
 
     def potential(z: Tensor) -> Tensor:
-        total = losses(z).mean() + reg(z)
+        total = problem(z).mean() + reg(z)
         if quarter_eta:
-            total = total + quarter_eta * grad(lambda y: losses(y).mean())(z).square().sum()
+            total = total + quarter_eta * grad(lambda y: problem(y).mean())(z).square().sum()
         return total
 
     neg_drift = vmap(grad(potential))
-    per_sample = vmap(jacrev(losses))
+    per_sample = vmap(jacrev(problem))
     scale = (batch_noise_coefficient(n, b, replacement=replacement) / n) ** 0.5
     x = x0.expand(n_paths, x0.shape[-1]).clone() if x0.dim() == 1 else x0.clone()
     if x.shape[0] != n_paths:
@@ -361,7 +361,7 @@ class WeakError(NamedTuple):
 
 
 def weak_error(
-    losses: ProblemFn,
+    problem: ProblemFn,
     x0: Tensor,
     variant: str,
     *,
@@ -381,7 +381,7 @@ def weak_error(
     between the discrete algorithm and its SDE (Definition 3.2, claim C5), by Monte Carlo.
 
     Args:
-        losses: the problem, ``x [d] -> [n]``.
+        problem: the problem, ``x [d] -> [n]``.
         x0: start ``[d]``.
         variant: one of :data:`~sam_tutorial.theory.recursions.VARIANTS`.
         eta: learning rate.
@@ -407,11 +407,11 @@ def weak_error(
     torch.Size([6])
     """
     n_steps = max(1, round(horizon / eta))
-    phi = test_fn if test_fn is not None else (lambda z: losses(z).mean(-1))
+    phi = test_fn if test_fn is not None else (lambda z: problem(z).mean(-1))
     common = dict(eta=eta, rho=rho, b=b, m=m, n_steps=n_steps, n_paths=n_paths, replacement=replacement)
-    xs = discrete_trajectory(losses, x0, variant, seed=seed, **common)
+    xs = discrete_trajectory(problem, x0, variant, seed=seed, **common)
     ys = euler_maruyama(
-        losses, x0, variant, substeps=substeps, include_eta_term=include_eta_term, seed=seed + 1, **common
+        problem, x0, variant, substeps=substeps, include_eta_term=include_eta_term, seed=seed + 1, **common
     )
     a, c = phi(xs), phi(ys)
     stderr = ((a.var(1) + c.var(1)) / n_paths).sqrt()

@@ -174,11 +174,11 @@ def test_fit_checks_the_global_batch_against_the_world_size() -> None:
     three = DistContext(0, 3, 0, torch.device("cpu"))
     with pytest.raises(ValueError, match="batch_size=16 .* must be a multiple of the world size 3"):
         fit(torch.nn.Linear(data.input_shape[0], data.num_classes), data, TrainConfig(batch_size=16),
-            dist=three)
+            ctx=three)
     two = DistContext(0, 2, 0, torch.device("cpu"))
     with pytest.raises(ValueError, match="m=16 must divide the per-rank batch"):
         fit(torch.nn.Linear(data.input_shape[0], data.num_classes), data,
-            TrainConfig(optimizer="m-sam", rho=0.05, m=16, batch_size=16), dist=two)
+            TrainConfig(optimizer="m-sam", rho=0.05, m=16, batch_size=16), ctx=two)
 
 
 def test_scope_in_the_config_and_the_cache_key() -> None:
