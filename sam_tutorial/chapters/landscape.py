@@ -40,6 +40,7 @@ from torch.func import grad, hessian, jacrev
 
 from sam_tutorial.optim.base import PerturbedOptimizer
 from sam_tutorial.sgn.batches import batch_distribution
+from sam_tutorial.sgn.monte_carlo import sample_batches
 
 __all__ = [
     "Factory",
@@ -100,11 +101,6 @@ class Run(NamedTuple):
     r"""``[n_steps]``, :math:`\|\epsilon\|` of each step (0 for SGD)."""
 
 
-def _batches(n: int, b: int, n_steps: int, seed: int) -> Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.rand(n, generator=gen).argsort()[:b] for _ in range(n_steps)])
-
-
 def run_optimizer(
     problem: ProblemFn,
     x0: Tensor,
@@ -145,7 +141,7 @@ def run_optimizer(
     if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= n:
         raise ValueError(f"b must be an integer in [1, n] = [1, {n}], got {b!r}")
     if batches is None:
-        batches = _batches(n, b, n_steps, seed)
+        batches = sample_batches(n, b, n_steps, generator=torch.Generator().manual_seed(seed))
     elif batches.shape != (n_steps, b):
         raise ValueError(
             f"batches must have shape [n_steps, b] = [{n_steps}, {b}], got {tuple(batches.shape)}"

@@ -38,8 +38,8 @@ from torch import Tensor, nn
 from torch.func import grad, jvp, vmap
 
 from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_int
+from sam_tutorial.sgn.functional import batchable, flat_params, functional_losses
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
-from sam_tutorial.sgn.functional import flat_params, functional_losses
 
 __all__ = ["PROBES", "hessian_matrix", "hessian_vector_product", "lanczos", "top_eigenvalues"]
 
@@ -81,12 +81,6 @@ def _hvp_fn(f: Callable[[Tensor], Tensor], w: Tensor, batched: bool) -> Callable
     return lambda vs: torch.stack([one(v) for v in vs])
 
 
-def _batchable(model: nn.Module) -> bool:
-    # BatchNorm with batch statistics writes its (cloned) running buffers in place, which vmap
-    # cannot do with a batched tangent; fall back to a loop over vectors then.
-    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
-
-
 def hessian_vector_product(
     model: nn.Module,
     loss_fn: LossFn,
@@ -123,7 +117,7 @@ def hessian_vector_product(
             raise ValueError(
                 f"vectors must have shape [P] or [k, P] with P={w.numel()}; got {tuple(vectors.shape)}"
             )
-        hvp = _hvp_fn(f, w, _batchable(model))
+        hvp = _hvp_fn(f, w, batchable(model))
         vs = vectors.to(w.dtype)
         return hvp(vs.unsqueeze(0))[0] if vectors.dim() == 1 else hvp(vs)
 

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from sam_tutorial.config import Inputs, LossFn, check_int
-from sam_tutorial.curvature.hessian import PROBES, _batchable, _hvp_fn, _mean_loss
+from sam_tutorial.curvature.hessian import PROBES, _hvp_fn, _mean_loss
+from sam_tutorial.sgn.functional import batchable
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
 
 __all__ = ["hessian_trace", "hutchinson_samples", "make_probes", "probe_variance"]
@@ -164,7 +165,7 @@ def hutchinson_samples(
         raise ValueError(f"probe must be one of {', '.join(map(repr, PROBES))}; got {probe!r}")
     with _eval(model, eval_mode):
         f, w = _mean_loss(model, loss_fn, inputs, targets)
-        hvp = _hvp_fn(f, w, _batchable(model))
+        hvp = _hvp_fn(f, w, batchable(model))
         generator = torch.Generator(device=w.device).manual_seed(seed)
         values = []
         for start in range(0, n_probes, block_size):

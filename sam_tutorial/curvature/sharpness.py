@@ -43,8 +43,8 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_int
+from sam_tutorial.sgn.functional import batchable, flat_params, functional_losses
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
-from sam_tutorial.sgn.functional import flat_params, functional_losses
 
 __all__ = ["average_sharpness", "m_sharpness", "sam_sharpness"]
 
@@ -53,11 +53,6 @@ def _check_rho(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     return float(value)
-
-
-def _batchable(model: nn.Module) -> bool:
-    # BatchNorm with batch statistics writes its running buffers in place, which vmap cannot do.
-    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
 
 
 def _map(fn: Callable[..., Tensor], batched: bool, chunk_size: int | None) -> Callable[..., Tensor]:
@@ -162,7 +157,7 @@ def m_sharpness(
         mean_loss, w, xs, ys = _micro_batches(model, loss_fn, inputs, targets, m)
         if rho == 0:
             return torch.zeros((), dtype=w.dtype, device=w.device)
-        batched = _batchable(model)
+        batched = batchable(model)
 
         def ascent(delta: Tensor, x: tuple[Tensor, ...], y: Tensor) -> Tensor:
             g = grad(lambda d: mean_loss(w + d, x, y))(delta)
@@ -240,7 +235,7 @@ def sam_sharpness(
             e = rho * g / (g.norm() + 1e-12) if normalize else rho * g
             return mean_loss(w + e, x, y) - mean_loss(w, x, y)
 
-        return _map(increase, _batchable(model), chunk_size)(xs, ys).mean()
+        return _map(increase, batchable(model), chunk_size)(xs, ys).mean()
 
 
 def average_sharpness(
@@ -294,7 +289,7 @@ def average_sharpness(
         x, y = tuple(t[0] for t in xs), ys[0]
         generator = torch.Generator(device=w.device).manual_seed(seed)
         delta = sigma * torch.randn(n_samples, w.numel(), generator=generator, dtype=w.dtype, device=w.device)
-        at = _map(lambda d: mean_loss(w + d, x, y), _batchable(model), chunk_size)
+        at = _map(lambda d: mean_loss(w + d, x, y), batchable(model), chunk_size)
         base = mean_loss(w, x, y)
         values = 0.5 * (at(delta) + at(-delta)) if antithetic else at(delta)
         return values.mean() - base

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from sam_tutorial.sgn.monte_carlo import sample_batches
 from sam_tutorial.sgn.variance import _check_grads, sgn_trace
 
 __all__ = [
@@ -143,10 +144,7 @@ def batch_distribution(
         exact = True
     else:
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
-        if replacement:
-            index = torch.randint(n, (max_batches, b), generator=gen)
-        else:
-            index = torch.rand(max_batches, n, generator=gen).argsort(1)[:, :b]
+        index = sample_batches(n, b, max_batches, replacement=replacement, generator=gen)
         counts = torch.zeros(max_batches, n, dtype=torch.float64).scatter_add_(
             1, index, torch.ones(max_batches, b, dtype=torch.float64)
         )

@@ -27,7 +27,7 @@ from torch.func import functional_call
 
 from sam_tutorial.config import Inputs, LossFn, as_tuple
 
-__all__ = ["eval_mode", "flat_params", "functional_losses", "functional_outputs"]
+__all__ = ["batchable", "eval_mode", "flat_params", "functional_losses", "functional_outputs"]
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, Tensor]]:
@@ -148,3 +148,14 @@ def functional_losses(model: nn.Module, loss_fn: LossFn) -> Callable[[Tensor, In
         return losses
 
     return fn
+
+
+def batchable(model: nn.Module) -> bool:
+    """Whether ``vmap`` can run the model: not while a BatchNorm uses batch statistics, since it then
+    writes its (cloned) running buffers in place, which ``vmap`` cannot do with batched tangents; the
+    callers fall back to a loop over vectors then.
+
+    >>> batchable(nn.Linear(2, 2)), batchable(nn.BatchNorm1d(2).train())
+    (True, False)
+    """
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())

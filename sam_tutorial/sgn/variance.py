@@ -193,17 +193,22 @@ def sgn_spectrum(grads: Tensor, k: int | None = None) -> Tensor:
     >>> sgn_spectrum(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
     tensor([1., 0.])
     """
-    _check_grads(grads)
+    centred, k = _centred(grads, k)
     n, p = grads.shape
-    size = min(n, p)
+    gram = centred @ centred.T if n <= p else centred.T @ centred
+    evals = torch.linalg.eigvalsh(gram / n)
+    return evals.flip(0)[:k]
+
+
+def _centred(grads: Tensor, k: int | None) -> tuple[Tensor, int]:
+    """The centred rows of ``grads`` and ``k`` checked against ``min(n, P)`` (``None``: all of them)."""
+    _check_grads(grads)
+    size = min(grads.shape)
     if k is None:
         k = size
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= size:
         raise ValueError(f"k must be an integer in [1, min(n, P)] = [1, {size}], got {k!r}")
-    centred = grads - grads.mean(0)
-    gram = centred @ centred.T if n <= p else centred.T @ centred
-    evals = torch.linalg.eigvalsh(gram / n)
-    return evals.flip(0)[:k]
+    return grads - grads.mean(0), k
 
 
 def empirical_fisher_trace(
@@ -280,13 +285,8 @@ def sgn_eigenvectors(grads: Tensor, k: int) -> tuple[Tensor, Tensor]:
     >>> vals, vecs.abs()
     (tensor([4.]), tensor([[1., 0.]]))
     """
-    if grads.dim() != 2 or grads.shape[0] < 1:
-        raise ValueError(f"grads must have shape [n, P] with n >= 1, got {tuple(grads.shape)}")
-    n, p = grads.shape
-    k = check_int("k", k)
-    if k > min(n, p):
-        raise ValueError(f"k must be in [1, min(n, P)] = [1, {min(n, p)}], got {k}")
-    gc = grads - grads.mean(0)
+    gc, k = _centred(grads, check_int("k", k))
+    n = grads.shape[0]
     vals, vecs = torch.linalg.eigh(gc @ gc.T / n)
     vals, vecs = vals.flip(0)[:k], vecs.flip(1)[:, :k]
     if not bool((vals > vals[0] * torch.finfo(vals.dtype).eps * n).all()):
