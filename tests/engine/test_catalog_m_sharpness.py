@@ -1,0 +1,32 @@
+"""Chapter 4's catalogue entry: its grid, its per-mode runs, and the best radii inside the grid."""
+
+from __future__ import annotations
+
+from sam_tutorial.engine.catalog.m_sharpness import BATCH, BEST_RHO, GRID, label
+from sam_tutorial.engine.experiments import get_experiment
+
+
+def test_registered_with_the_grid_in_paper_mode():
+    exp = get_experiment("m-sharpness-cnn")
+    assert exp.chapter == "04_m_sharpness"
+    paper = {s.label: s for s in exp.runs("paper")}
+    assert len(paper) == 1 + sum(len(r) for r in GRID.values())
+    assert paper["sgd"].train.optimizer == "sgd"
+    for m, rhos in GRID.items():
+        assert BEST_RHO[m] in rhos
+        for rho in rhos:
+            spec = paper[label(m, rho)]
+            assert spec.train.rho == rho and spec.tags == {"m": m, "rho": rho}
+            assert spec.train.optimizer == ("sam" if m == BATCH else "m-sam")
+            assert spec.data.label_noise == 0.3 and spec.data.n_train == 2000
+            assert spec.model == "cnn1d" and spec.model_options == {"channels": 64}
+
+
+def test_standard_mode_is_sgd_and_the_best_radii_with_the_paper_configuration():
+    exp = get_experiment("m-sharpness-cnn")
+    standard = {s.label: s for s in exp.runs("standard")}
+    paper = {s.label: s for s in exp.runs("paper")}
+    assert set(standard) == {"sgd"} | {label(m, r) for m, r in BEST_RHO.items()}
+    for name, spec in standard.items():
+        assert spec == paper[name]  # the live check trains exactly the recorded configuration
+    assert len(exp.runs("quick")) == 3
