@@ -24,6 +24,8 @@ A chapter declares what each mode means for it once, in its ``parameters`` cell:
 from __future__ import annotations
 
 import importlib
+import math
+import numbers
 import os
 import random
 from collections.abc import Callable, Mapping
@@ -233,6 +235,19 @@ def check_int(name: str, value: object, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     return value
+
+
+def check_nonneg(name: str, value: object, *, positive: bool = False) -> float:
+    """``value`` as a float if it is a finite real number >= 0 (> 0 with ``positive``), not a bool; else
+    ``ValueError`` naming ``name``. NumPy scalars are accepted.
+
+    >>> check_nonneg("rho", 0.05), check_nonneg("eta", 1, positive=True)
+    (0.05, 1.0)
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):  # type: ignore[operator]
+        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def as_tuple(inputs: Inputs) -> tuple[Tensor, ...]:

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, hessian, jacrev
 
+from sam_tutorial.config import check_nonneg
 from sam_tutorial.optim.base import PerturbedOptimizer
 from sam_tutorial.sgn.batches import batch_distribution
 from sam_tutorial.sgn.monte_carlo import sample_batches
@@ -293,8 +294,7 @@ def perturbations(
     Raises:
         ValueError: for ``m`` outside ``[1, n]`` or ``rho < 0``.
     """
-    if rho < 0:
-        raise ValueError(f"rho must be >= 0, got {rho!r}")
+    check_nonneg("rho", rho)
     grads = jacrev(problem)(x)  # [n, d]
     law = batch_distribution(
         grads.shape[0], m, max_batches=max_batches, dtype=x.dtype,

@@ -42,17 +42,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_int
+from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_int, check_nonneg
 from sam_tutorial.sgn.functional import batchable, flat_params, functional_losses
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
 
 __all__ = ["average_sharpness", "m_sharpness", "sam_sharpness"]
-
-
-def _check_rho(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
 
 
 def _map(fn: Callable[..., Tensor], batched: bool, chunk_size: int | None) -> Callable[..., Tensor]:
@@ -145,7 +139,7 @@ def m_sharpness(
     ...             random_init=True).round(decimals=6)
     tensor(0.1250)
     """
-    rho = _check_rho("rho", rho)
+    rho = check_nonneg("rho", rho)
     n_iters = check_int("n_iters", n_iters, 1)
     restarts = check_int("restarts", restarts, 1)
     if step_size is not None and (
@@ -226,7 +220,7 @@ def sam_sharpness(
     >>> sam_sharpness(net, loss, torch.tensor([[3.0, 4.0]]), torch.zeros(1), rho=0.1).round(decimals=5)
     tensor(0.5000)
     """
-    rho = _check_rho("rho", rho)
+    rho = check_nonneg("rho", rho)
     with _eval(model, eval_mode):
         mean_loss, w, xs, ys = _micro_batches(model, loss_fn, inputs, targets, m)
 
@@ -282,7 +276,7 @@ def average_sharpness(
     >>> abs(float(s) - 0.5 * 0.1**2) < 5e-4
     True
     """
-    sigma = _check_rho("sigma", sigma)
+    sigma = check_nonneg("sigma", sigma)
     n_samples = check_int("n_samples", n_samples, 1)
     with _eval(model, eval_mode):
         mean_loss, w, xs, ys = _micro_batches(model, loss_fn, inputs, targets, None)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from sam_tutorial.config import check_nonneg
 from sam_tutorial.engine.data import Dataset
 from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM, PerturbedOptimizer
 from sam_tutorial.optim.base import SCOPES
@@ -56,7 +57,7 @@ class TrainConfig:
         rho: SAM radius (must be 0 for ``sgd``).
         m: micro-batch size of ``m-sam`` (must divide ``batch_size``).
         lam: RW-SAM inverse temperature λ.
-        delta: RW-SAM finite-difference step δ.
+        delta: RW-SAM's probe radius ‖w⁺ − w‖ (a radius, valid for any model size; 0.01 is typical).
         options: further keyword arguments of the optimizer class (e.g. ``backend`` for m-SAM,
             ``normalize_probe`` or ``weighted_descent`` for RW-SAM, ``normalize`` for any).
         epochs: passes over the training set.
@@ -117,8 +118,7 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
-        if not (isinstance(self.rho, int | float) and math.isfinite(self.rho) and self.rho >= 0):
-            raise ValueError(f"rho must be a finite number >= 0, got {self.rho!r}")
+        check_nonneg("rho", self.rho)
         if self.optimizer == "sgd" and self.rho != 0:
             raise ValueError(f"rho must be 0 for optimizer='sgd' (got {self.rho}); use 'sam' for rho > 0")
         if self.optimizer == "m-sam" and not (isinstance(self.m, int) and 1 <= self.m):
@@ -128,8 +128,9 @@ class TrainConfig:
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}")
         if self.optimizer == "m-sam" and self.scope != "local":
-            raise ValueError("optimizer='m-sam' supports scope='local' only (m-SAM perturbs per micro-batch); "
-                             "use optimizer='sam' with scope='global' for SAM on the global batch")
+            raise ValueError("optimizer='m-sam' supports scope='local' only (m-SAM perturbs per "
+                             "micro-batch); use optimizer='sam' with scope='global' for SAM on the global "
+                             "batch")
         if self.optimizer == "rw-sam" and (self.lam is None or self.delta is None):
             raise ValueError("optimizer='rw-sam' needs lam (>= 0) and delta (> 0)")
         for name in ("epochs", "batch_size", "eval_batch_size", "metric_samples"):

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from sam_tutorial.config import check_int
+from sam_tutorial.config import check_int, check_nonneg
 
 __all__ = [
     "DIAGONAL_NET_ALGORITHMS",
@@ -175,8 +175,7 @@ def train_diagonal_net(
         raise ValueError(
             f"algorithm must be one of {', '.join(map(repr, DIAGONAL_NET_ALGORITHMS))}; got {algorithm!r}"
         )
-    if rho < 0:
-        raise ValueError(f"rho must be >= 0, got {rho!r}")
+    check_nonneg("rho", rho)
     n_iters, n_records = check_int("n_iters", n_iters), check_int("n_records", n_records)
     x, y = data.features, data.targets
     n, d = x.shape

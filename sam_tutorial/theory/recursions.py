@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
+from sam_tutorial.config import check_int, check_nonneg
 from sam_tutorial.sgn.batches import batch_distribution
 from sam_tutorial.sgn.monte_carlo import sample_batches
 
@@ -160,7 +161,7 @@ def _plan(
 def update_direction(
     problem: ProblemFn, x: Tensor, variant: str, indices: Tensor, *, rho: float, m: int | None = None
 ) -> Tensor:
-    r"""The direction :math:`D_\gamma(x)` of one step on the batch of sample indices ``indices`` (table above).
+    r"""The direction :math:`D_\gamma(x)` of one step on the batch with sample ``indices`` (table above).
 
     Args:
         problem: the problem, ``x [d] -> [n]``.
@@ -187,7 +188,8 @@ def update_direction(
     check_sizes(n, v, indices.shape[0], m, replacement=True)
     indices = indices.to(x.device)
     whole = _weights(indices, n, indices.shape[0], x.dtype)
-    micro = _weights(indices, n, m if m is not None else indices.shape[0], x.dtype) if v.scope == "micro" else whole
+    size = m if m is not None else indices.shape[0]
+    micro = _weights(indices, n, size, x.dtype) if v.scope == "micro" else whole
     descent, perturb = _plan(v, whole, micro, n)
     return _direction(problem, x, descent, perturb, rho, v.normalize)
 
@@ -322,11 +324,7 @@ def discrete_trajectory(
 
 
 def _check_run(eta: float, rho: float, n_steps: int, n_paths: int) -> None:
-    if not eta > 0:
-        raise ValueError(f"eta must be > 0, got {eta!r}")
-    if not rho >= 0:
-        raise ValueError(f"rho must be >= 0, got {rho!r}")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
-        raise ValueError(f"n_steps must be an integer >= 0, got {n_steps!r}")
-    if isinstance(n_paths, bool) or not isinstance(n_paths, int) or n_paths < 1:
-        raise ValueError(f"n_paths must be an integer >= 1, got {n_paths!r}")
+    check_nonneg("eta", eta, positive=True)
+    check_nonneg("rho", rho)
+    check_int("n_steps", n_steps, 0)
+    check_int("n_paths", n_paths)

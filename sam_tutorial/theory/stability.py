@@ -22,6 +22,7 @@ import math
 
 from torch import Tensor
 
+from sam_tutorial.config import check_nonneg
 from sam_tutorial.theory.problems import SharpFlatProblem
 
 __all__ = [
@@ -63,8 +64,7 @@ def sam_cycle_amplitude(eta: float, curvature: float, rho: float) -> float:
     full-batch SAM settles around a quadratic minimum (requires :math:`0<\eta\lambda<2`)."""
     if not 0 < eta * curvature < 2:
         raise ValueError(f"need 0 < eta * curvature < 2, got {eta * curvature!r}")
-    if rho < 0:
-        raise ValueError(f"rho must be >= 0, got {rho!r}")
+    check_nonneg("rho", rho)
     return eta * curvature * rho / (2.0 - eta * curvature)
 
 
