@@ -39,13 +39,12 @@ from torch import Tensor, nn
 from torch.func import grad, hessian, jacrev
 
 from sam_tutorial.config import check_nonneg
-from sam_tutorial.optim.base import PerturbedOptimizer
+from sam_tutorial.engine.cost import Factory
 from sam_tutorial.sgn.batches import batch_distribution
 from sam_tutorial.sgn.monte_carlo import sample_batches
+from sam_tutorial.theory.recursions import ProblemFn
 
 __all__ = [
-    "Factory",
-    "ProblemFn",
     "ProblemModule",
     "Run",
     "ascent_angle",
@@ -60,10 +59,8 @@ __all__ = [
 ]
 
 
-ProblemFn = Callable[[Tensor], Tensor]
 
 
-Factory = Callable[[nn.Module, torch.optim.Optimizer], PerturbedOptimizer]
 
 
 class ProblemModule(nn.Module):

@@ -36,9 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sam_tutorial.config import LossFn
+from sam_tutorial.optim import PerturbedOptimizer
+
 __all__ = [
     "BufferCount",
-    "LossFn",
+    "Factory",
     "PassCount",
     "PlainStep",
     "count_buffers",
@@ -49,7 +52,8 @@ __all__ = [
 ]
 
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+Factory = Callable[[nn.Module, torch.optim.Optimizer], PerturbedOptimizer]
+"""Builds an optimizer of the family from a model and a base optimizer."""
 
 
 class PassCount(NamedTuple):
