@@ -8,8 +8,8 @@
     python -m sam_tutorial show m-sweep --mode standard  # the cached results as a table
     python -m sam_tutorial bench --device cpu --json bench.json   # step-time ratios of the SAM family
 
-Unknown experiment names exit with status 2 and list the valid ones. Subcommands live in
-``COMMANDS``; another module adds one with :func:`command` (e.g. a benchmark).
+Unknown experiment names exit with status 2 and list the valid ones. Installed, the same command is
+``sam-tutorial`` (a console script).
 """
 
 from __future__ import annotations
@@ -17,35 +17,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from sam_tutorial import config
 
+__all__ = ["SUBCOMMANDS", "main"]
 
-@dataclass(frozen=True)
-class Command:
-    """A subcommand: ``configure`` adds its arguments, ``handler`` runs it and returns the exit status."""
-
-    name: str
-    help: str
-    configure: Callable[[argparse.ArgumentParser], None]
-    handler: Callable[[argparse.Namespace], int]
-
-
-COMMANDS: dict[str, Command] = {}
-"""Subcommands by name, in the order ``--help`` lists them."""
-
-
-def command(
-    name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]
-) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    """Decorator registering ``handler`` as the subcommand ``name``."""
-
-    def register(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        COMMANDS[name] = Command(name, help, configure, handler)
-        return handler
-
-    return register
+Handler = Callable[[argparse.Namespace], int]
 
 
 def _experiment_name(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +44,6 @@ def _unknown(name: str) -> int:
     return 2
 
 
-@command("list", "list the experiments (name, then description)", lambda p: None)
 def _list(args: argparse.Namespace) -> int:
     from sam_tutorial.engine.experiments import list_experiments
 
@@ -88,7 +64,6 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-@command("run", "run an experiment (cached results are reused, interrupted runs resume)", _configure_run)
 def _run(args: argparse.Namespace) -> int:
     import os
 
@@ -128,7 +103,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("show", "print the cached results of an experiment as a table", _experiment_name)
 def _show(args: argparse.Namespace) -> int:
     from sam_tutorial.engine.experiments import EXPERIMENTS, load_results
 
@@ -161,8 +135,6 @@ def _configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="also write the result as JSON to this path")
 
 
-@command("bench", "time one step of every optimizer of the family; print ratios (sam/sgd, ...)",
-         _configure_bench)
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -180,14 +152,27 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+SUBCOMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler], ...] = (
+    ("list", "list the experiments (name, then description)", lambda p: None, _list),
+    ("run", "run an experiment (cached results are reused, interrupted runs resume)", _configure_run, _run),
+    ("show", "print the cached results of an experiment as a table", _experiment_name, _show),
+    ("bench", "time one step of every optimizer of the family; print ratios (sam/sgd, ...)",
+     _configure_bench, _bench),
+)
+"""(name, help, add its arguments, handler) of each subcommand, in the order ``--help`` lists them."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand and return its exit status."""
     parser = argparse.ArgumentParser(prog="python -m sam_tutorial", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
-    for cmd in COMMANDS.values():
-        cmd.configure(sub.add_parser(cmd.name, help=cmd.help, description=cmd.help))
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text, configure, handler in SUBCOMMANDS:
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        configure(sub_parser)
+        sub_parser.set_defaults(handler=handler)
     args = parser.parse_args(argv)
-    return COMMANDS[args.command].handler(args)
+    status: int = args.handler(args)
+    return status
 
 
 if __name__ == "__main__":
