@@ -56,7 +56,8 @@ def covariance_of_moments(grads: Tensor, hessians: Tensor) -> Tensor:
     """
     if grads.dim() != 2 or hessians.shape != (*grads.shape, grads.shape[1]):
         raise ValueError(
-            f"grads must be [n, d] and hessians [n, d, d]; got {tuple(grads.shape)} and {tuple(hessians.shape)}"
+            "grads must be [n, d] and hessians [n, d, d]; "
+            f"got {tuple(grads.shape)} and {tuple(hessians.shape)}"
         )
     dh = hessians - hessians.mean(0)
     dg = grads - grads.mean(0)

@@ -35,7 +35,8 @@ def test_equal_curvatures_give_no_sgn_term() -> None:
     gen = torch.Generator().manual_seed(0)
     centres = 5 * torch.randn(7, 3, generator=gen, dtype=DT)
     A = torch.diag(torch.tensor([1.0, 4.0, 9.0], dtype=DT))
-    losses = lambda x: 0.5 * torch.einsum("nd,de,ne->n", x - centres, A, x - centres)
+    def losses(x):
+        return 0.5 * torch.einsum("nd,de,ne->n", x - centres, A, x - centres)
     x = torch.randn(3, generator=gen, dtype=DT)
     cov = hessian_gradient_covariance(losses, x)
     assert float(cov.abs().max()) < 1e-12

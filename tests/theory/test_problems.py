@@ -136,3 +136,24 @@ def test_bad_arguments_raise_value_error_naming_them() -> None:
         problems.make_sharp_flat_problem(n=1)
     with pytest.raises(ValueError, match="sharp_curvature"):
         problems.make_sharp_flat_problem(sharp_curvature=0.0)
+
+
+def test_logistic_minimizer_is_stationary_and_not_quadratic() -> None:
+    from sam_tutorial.theory.problems import LogisticProblem, logistic_data
+
+    p = LogisticProblem(*logistic_data(8, 2, seed=3, label_noise=0.2), l2=0.05)
+    w = p.minimizer()
+    def f(z):
+        return p(z).mean()
+    assert float(torch.func.grad(f)(w).norm()) < 1e-10
+    # the Hessian changes with the point: the Taylor expansion of a perturbed gradient is not exact
+    h0, h1 = torch.func.hessian(f)(w), torch.func.hessian(f)(w + 1.0)
+    assert float((h0 - h1).abs().max()) > 1e-3
+
+
+def test_logistic_minimizer_fails_on_separable_data() -> None:
+    from sam_tutorial.theory.problems import LogisticProblem
+
+    x = torch.tensor([[1.0, 1.0], [-1.0, -0.5]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="separable"):
+        LogisticProblem(x, torch.tensor([1.0, -1.0], dtype=torch.float64)).minimizer(steps=30)

@@ -53,9 +53,9 @@ def _variants(rho: float, lam: float, delta: float, m: int) -> dict[str, dict[st
     }
 
 
-# RW-SAM on the MLP (78,858 parameters): a ±1 probe has norm 281, so delta = 3.5e-5 makes
-# ||delta z|| ~ 0.01, the probe size suggested in reference/paper.md §5.3 (the paper's delta: UNCONFIRMED).
-MLP_DELTA = 3.5e-5
+# RW-SAM's probe radius ||w+ - w|| = delta (any model size): 0.01, the probe size suggested in
+# reference/paper.md §5.3 (the paper's delta: UNCONFIRMED).
+MLP_DELTA = 0.01
 
 
 MLP_LAM = 0.1
@@ -186,8 +186,8 @@ register(
         SEEDS,
         chapter="05_reweighted_sam",
         notes="Standard mode: "
-        f"MNIST-1D, MLP, batch 128, rho 0.05, 20 epochs; RW-SAM lambda {MLP_LAM}, delta {MLP_DELTA} with a "
-        "±1 Rademacher probe (||delta z|| ~ 0.01), uniform descent pass (the paper's lambda and delta: "
+        f"MNIST-1D, MLP, batch 128, rho 0.05, 20 epochs; RW-SAM lambda {MLP_LAM}, delta {MLP_DELTA} as the "
+        "radius of a ±1 Rademacher probe, uniform descent pass (the paper's lambda and delta: "
         "UNCONFIRMED). tr V on the first 1000 training samples after the last epoch (a CPU analogue of "
         "Table 6).",
     )
