@@ -16,20 +16,24 @@ is compared with.
 Engineering choices (see ``shared/reference/sam-implementations.md`` for what other libraries get wrong):
 
 * the base optimizer is any :class:`torch.optim.Optimizer` *instance*; ``param_groups`` and ``state``
-  are the base optimizer's own objects, so LR schedulers attach to either; ``state_dict`` carries the
-  base optimizer's state;
+  are the base optimizer's own objects, so LR schedulers attach to either; ``state_dict()`` is the base
+  optimizer's (``state`` and ``param_groups`` at the top level) plus one key, ``"sam"``;
 * weights are backed up into preallocated buffers and restored with ``copy_`` (bit-exact), never by
   subtracting e and never by rebinding ``p.data``;
 * multi-tensor ``torch._foreach_*`` kernels per (device, dtype) group; norms accumulated in float32;
-  scalars such as ``rho / ||g||`` stay 0-d device tensors: no ``.item()``, no host synchronisation;
-* BatchNorm running statistics (any module buffer) are updated by the first pass at w only: buffers are
-  copied after pass 1 and copied back after every other pass, exactly;
-* a non-finite loss or gradient skips the whole step on the device: the base step runs, then parameters,
-  optimizer state and model buffers are selected back bit for bit by ``select_`` (integer foreach
-  kernels, no per-tensor loop). Until the base optimizer has created its state (its first step), that
-  one decision is taken on the host;
-* float16 with :class:`torch.amp.GradScaler`: pass ``scaler=``; both backward passes are scaled, an
-  overflow in either pass skips the whole step and lowers the scale.
+  scalars such as ``rho / ||g||`` stay 0-d device tensors: no ``.item()``, no host synchronisation
+  (one host decision on the very first base step, while the base optimizer has no state yet);
+* BatchNorm running statistics (any module buffer) are updated by the first pass at w only;
+* a non-finite loss or gradient skips the whole step on the device: parameters, optimizer state and
+  model buffers are selected back bit for bit (integer foreach kernels). On CUDA, a base optimizer with
+  a ``capturable`` option (Adam, AdamW, ...) is switched to ``capturable=True`` so that its step
+  counter lives on the device and a skip needs no host synchronisation;
+* an exception anywhere inside ``step`` (a bad batch, out of memory, an interrupt) leaves weights,
+  buffers, gradients, optimizer state and random generators exactly as before the call;
+* float16 with :class:`torch.amp.GradScaler`: pass ``scaler=`` (a disabled scaler is ignored); both
+  backward passes are scaled, an overflow in either pass skips the whole step and lowers the scale;
+* ``max_grad_norm`` clips the descent gradient (after unscaling) right before the base step; any other
+  processing can go in ``opt.base.register_step_pre_hook(fn)``, which runs at the same point.
 
 DistributedDataParallel (pass the DDP-wrapped model): ``scope`` says where the perturbation comes from.
 
@@ -42,34 +46,43 @@ DistributedDataParallel (pass the DDP-wrapped model): ``scope`` says where the p
   and all ranks skip the step together, with no extra collective.
 * BatchNorm: with DDP's default ``broadcast_buffers=True`` every forward starts from rank 0's buffers,
   and each rank keeps the statistics of its own first pass. ``SyncBatchNorm`` (CUDA only) normalises
-  with global statistics in every pass, also under ``no_sync``: the perturbation stays local but the
-  normalisation is global.
+  with global statistics in every pass, also under ``no_sync``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-Inputs = Tensor | tuple[Tensor, ...]
-Targets = Tensor | tuple[Tensor, ...]
-LossFn = Callable[..., Tensor]
-"""``loss_fn(outputs, targets) -> Tensor[B]``: one loss per sample (e.g. ``reduction="none"``)."""
+from sam_tutorial.optim._util import (
+    EPS,
+    Group,
+    PerSampleLoss,
+    RNGState,
+    TargetsForm,
+    batch_device,
+    batch_size,
+    bitwise_select_,
+    check_real,
+    check_rho,
+    weights_changed,
+)
+
+__all__ = ["EXTRA_KEY", "SCOPES", "PerturbedOptimizer", "StepStats"]
+
 GradPairs = list[tuple[list[Tensor], list[Tensor]]]
 """Per (device, dtype) group: the parameters and their gradients."""
 
 SCOPES = ("local", "global")
 """Perturbation scopes under DistributedDataParallel."""
 
-EPS = 1e-12
-"""Added to ``||g||`` before dividing, as in Foret et al.'s reference code."""
+EXTRA_KEY = "sam"
+"""The one key ``state_dict()`` adds to the base optimizer's: the family's own state (RNG states)."""
 
 
 class StepStats(NamedTuple):
@@ -90,94 +103,37 @@ class StepStats(NamedTuple):
     skipped: Tensor
 
 
-@dataclass
-class _Group:
-    """Parameters of one (device, dtype), with their preallocated backup buffers."""
-
-    params: list[Tensor]
-    backup: list[Tensor] = field(default_factory=list)
-
-    def save(self) -> None:
-        if not self.backup:
-            self.backup = [torch.empty_like(p) for p in self.params]
-        torch._foreach_copy_(self.backup, self.params)
-
-    def restore(self) -> None:
-        torch._foreach_copy_(self.params, self.backup)
-
-
-def as_tuple(x: Inputs) -> tuple[Tensor, ...]:
-    return x if isinstance(x, tuple) else (x,)
-
-
-def batch_size(inputs: Inputs, targets: Targets) -> int:
-    """The common length of dim 0 of every input and target tensor.
-
-    Raises:
-        ValueError: if inputs/targets are not tensors (or tuples of tensors) with the same non-zero
-            length on dim 0.
-    """
-    ins, tgts = as_tuple(inputs), as_tuple(targets)
-    if not ins or not all(isinstance(t, Tensor) and t.ndim >= 1 for t in ins):
-        raise ValueError("inputs must be a tensor (or a tuple of tensors) with the batch on dim 0")
-    if not tgts or not all(isinstance(t, Tensor) and t.ndim >= 1 for t in tgts):
-        raise ValueError("targets must be a tensor (or a tuple of tensors) with the batch on dim 0")
-    n = ins[0].shape[0]
-    if n == 0:
-        raise ValueError("empty batch: inputs has 0 samples on dim 0; a batch needs at least 1")
-    for t in ins[1:]:
-        if t.shape[0] != n:
-            raise ValueError(f"inputs disagree on the batch size: {n} vs {t.shape[0]}")
-    for t in tgts:
-        if t.shape[0] != n:
-            raise ValueError(f"targets has {t.shape[0]} samples but inputs has {n}; they must match")
-    return n
-
-
-def weights_changed() -> None:
-    """Call after changing weights in place inside a step.
-
-    Autocast caches its low-precision copies of the weights for the whole ``autocast`` region; a step
-    run inside one would otherwise compute the pass at w + e with the copies of w.
-    """
-    torch.clear_autocast_cache()
-
-
-_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def select_(keep: Tensor, tensors: list[Tensor], others: list[Tensor]) -> None:
-    """``tensors[i] <- tensors[i] if keep else others[i]``, bit for bit, a few foreach kernels in all.
-
-    The choice is made by integer arithmetic on the bit patterns, ``t * k + o * (1 - k)``, because
-    in floating point a NaN on the rejected side would leak through (``NaN * 0`` is NaN), and torch
-    has no multi-tensor ``where``. ``keep`` is a 0-d bool tensor (no host sync); ``others`` is used
-    as scratch space and holds garbage afterwards.
-    """
-    by_kind: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
-    for t, o in zip(tensors, others):
-        bits = _BITS[t.element_size()]
-        ts, os_ = by_kind.setdefault((t.device, bits), ([], []))
-        ts.append(t.detach().view(bits))
-        os_.append(o.detach().view(bits))
-    for (device, bits), (ts, os_) in by_kind.items():
-        k = keep.to(device=device, dtype=bits)
-        torch._foreach_mul_(ts, k)
-        torch._foreach_mul_(os_, 1 - k)
-        torch._foreach_add_(ts, os_)
-
-
-def check_rho(rho: float) -> float:
-    if isinstance(rho, bool) or not isinstance(rho, int | float) or not math.isfinite(rho) or rho < 0:
-        raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
-    return float(rho)
-
-
 class PerturbedOptimizer(torch.optim.Optimizer):
     """Base class of SAM, NSAM, MSAM and RWSAM: owns the passes, the buffers and the base step.
 
-    Subclasses implement ``_perturbed_step``. Public surface: ``step``, ``zero_grad``,
-    ``state_dict``, ``load_state_dict``, ``param_groups`` (the base optimizer's list).
+    Public surface: ``step``, ``zero_grad``, ``state_dict``, ``load_state_dict``, ``add_param_group``,
+    ``param_groups`` and ``state`` (the base optimizer's objects).
+
+    ``step`` takes the batch in one of two forms:
+
+    * ``step(inputs, targets, loss_fn)``: ``loss_fn(model(inputs), targets)`` returns one loss per
+      sample; ``inputs`` is a tensor (``model(x)``), a tuple (``model(*inputs)``) or a dict
+      (``model(**inputs)``); an output that is a dict or has ``.logits`` (Hugging Face) is replaced by
+      its logits;
+    * ``step(batch, loss_fn)``: ``loss_fn(model, batch)`` runs the forward itself and returns one loss
+      per sample (models that need the targets, token losses reduced per sample, sample weights).
+
+    Any batch is a tensor or a nesting of tuples, lists and dicts whose tensors have the samples on dim 0
+    (m-SAM and n-SAM split it there).
+
+    Subclass protocol (the only methods a variant writes; everything else is the engine's):
+
+    * ``_perturbed_step(batch, n) -> StepStats``: one step with ``rho > 0``. When it is called, the
+      weights are backed up (``_restore_weights`` puts w back), the buffers as they were before the
+      step are saved, gradients are as the user left them, and any exception raised puts everything
+      back. Use ``_losses(batch, n)`` for per-sample losses, ``_backward``, ``_grad_norm``,
+      ``_perturbation_scale``, ``_perturb``, ``_save_buffers`` (after pass 1) and finish with
+      ``_restore_and_step(finite)``, which returns ``skipped``. Under DDP wrap pass 1 in
+      ``_ascent_context()`` and the descent loss in ``_nan_unless(loss, finite)``.
+    * ``_check_batch(n)``: reject a batch size the variant cannot use (before anything changes).
+    * ``_closure_step(closure)``: the torch closure contract (only SAM implements it).
+    * ``_extra_state()`` / ``_check_extra_state(state)`` / ``_load_extra_state(state)``: the variant's
+      own state (saved under ``state_dict()["sam"]``, and restored after an exception in ``step``).
 
     Args:
         model: the module whose forward computes the outputs (its buffers are restored after extra
@@ -185,11 +141,13 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         base: any optimizer over (some of) ``model``'s parameters; it takes the step.
         rho: perturbation radius (``rho = 0``: the base optimizer alone, one pass).
         normalize: ``True`` for SAM's e = rho g/||g||, ``False`` for USAM's e = rho g.
-        scaler: optional :class:`torch.amp.GradScaler` for float16 training.
+        scaler: optional :class:`torch.amp.GradScaler` for float16 training (ignored when disabled).
         skip_nonfinite: skip the whole step when a loss or gradient is non-finite (default). With
             ``False`` the base optimizer steps on whatever the gradients hold (a little faster).
         scope: for a ``DistributedDataParallel`` model, where the perturbation comes from:
             ``"local"`` (default) or ``"global"`` (see the module docstring). Ignored otherwise.
+        max_grad_norm: clip the descent gradient to this global norm (after unscaling) before the
+            base step; ``None`` (default): no clipping.
     """
 
     def __init__(
@@ -202,18 +160,14 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         scaler: torch.amp.GradScaler | None = None,
         skip_nonfinite: bool = True,
         scope: str | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(base, torch.optim.Optimizer) or isinstance(base, PerturbedOptimizer):
-            raise ValueError(
-                "base must be a torch.optim.Optimizer instance (e.g. torch.optim.SGD(...)), "
-                f"not a class or another SAM-family optimizer; got {base!r}"
-            )
+        _check_model_and_base(model, base)
         if scope is not None and scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)} (or None); got {scope!r}")
-        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
-            raise ValueError(f"scaler must be a torch.amp.GradScaler or None, got {scaler!r}")
+        rho = check_rho(rho)
+        if max_grad_norm is not None:
+            max_grad_norm = check_real("max_grad_norm", max_grad_norm, strict=True)
         params = [p for g in base.param_groups for p in g["params"]]
         super().__init__(params, dict(base.defaults))
         # Share the base optimizer's objects: schedulers, hooks and users see one set of groups.
@@ -222,53 +176,81 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         self.defaults = base.defaults
         self.model = model
         self.base = base
-        self.rho = check_rho(rho)
+        self.rho = rho
         self.normalize = bool(normalize)
         self.scaler = scaler
         self.skip_nonfinite = bool(skip_nonfinite)
+        self.max_grad_norm = max_grad_norm
         self.ddp = isinstance(model, DistributedDataParallel)
         self.scope = (scope or "local") if self.ddp else None
-        self._groups: list[_Group] = []
-        self._groups_key: tuple[int, ...] = ()
+        self._groups: list[Group] = []
+        self._groups_key: tuple[Any, ...] = ()
         self._buffers: list[Tensor] = []
         self._buf_after_pass1: list[Tensor] = []
         self._buf_before_step: list[Tensor] = []
         self._state_backup: list[Tensor] = []
+        self._stateless_ids: set[int] = set()  # parameters the base optimizer stepped without creating state
+        self._per_sample: PerSampleLoss | None = None
+        self._scale: Tensor | None = None  # the GradScaler's scale for this step (a device tensor)
+        self._base_done = False
+        self._rng_at_start: RNGState | None = None
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        return self._scaler
+
+    @scaler.setter
+    def scaler(self, scaler: torch.amp.GradScaler | None) -> None:
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise ValueError(f"scaler must be a torch.amp.GradScaler or None, got {scaler!r}")
+        # GradScaler(enabled=use_amp) is the common idiom: a disabled scaler is no scaler.
+        self._scaler = scaler if scaler is not None and scaler.is_enabled() else None
 
     # ----------------------------------------------------------------- public API
     def step(  # type: ignore[override]
         self,
-        inputs: Inputs | Callable[[], Tensor] | None = None,
-        targets: Targets | None = None,
-        loss_fn: LossFn | None = None,
-    ) -> StepStats | Tensor | None:
+        inputs: Any = None,
+        targets: Any = None,
+        loss_fn: Callable[..., Tensor] | None = None,
+        *,
+        closure: Callable[[], Tensor] | None = None,
+    ) -> Any:
         """Run every pass of one step and the base optimizer's step.
 
         Args:
-            inputs: a tensor or tuple of tensors, batch on dim 0 (``model(*inputs)``).
-            targets: the targets, batch on dim 0.
-            loss_fn: ``loss_fn(outputs, targets)`` returning one loss per sample, shape ``[B]``.
+            inputs: the model's inputs (tensor, tuple or dict; samples on dim 0), or the whole batch
+                when ``loss_fn`` takes ``(model, batch)``.
+            targets: the targets, samples on dim 0; omit them when ``loss_fn`` takes ``(model, batch)``.
+            loss_fn: ``loss_fn(outputs, targets)`` or ``loss_fn(model, batch)``, returning one loss per
+                sample, shape ``[B]``.
+            closure: the torch closure contract (SAM only): ``step(closure)`` or ``step(closure=fn)``.
 
         Returns:
-            A :class:`StepStats` of device tensors.
+            A :class:`StepStats` of device tensors (the closure form returns the closure's loss).
 
         Raises:
             ValueError: on an empty batch, targets of another length, or a loss of the wrong shape;
-                nothing (weights, buffers, gradients, optimizer state) is changed then.
+                nothing (weights, buffers, gradients, optimizer state, generators) is changed then.
         """
-        if callable(inputs) and targets is None and loss_fn is None:
-            return self._closure_step(inputs)
-        if inputs is None or targets is None or loss_fn is None:
-            raise ValueError(
-                f"{type(self).__name__}.step needs (inputs, targets, loss_fn)"
-                + ("; or a closure (SAM only)" if self._supports_closure else "")
-            )
-        n = batch_size(inputs, targets)  # type: ignore[arg-type]
+        if closure is None and callable(inputs) and targets is None and loss_fn is None and not isinstance(
+            inputs, nn.Module
+        ):
+            closure, inputs = inputs, None
+        if closure is not None:
+            if inputs is not None or targets is not None or loss_fn is not None:
+                raise ValueError("step: pass either a closure or the batch (inputs, targets, loss_fn), "
+                                 "not both")
+            self._check_not_pending()
+            return self._closure_step(closure)
+        batch, self._per_sample = self._task(inputs, targets, loss_fn)
+        n = batch_size(batch)
+        self._check_not_pending()
         self._check_batch(n)
-        self._save_buffers(before_step=True)
-        if self.rho == 0.0:
-            return self._plain_step(inputs, targets, loss_fn, n)  # type: ignore[arg-type]
-        return self._perturbed_step(inputs, targets, loss_fn, n)  # type: ignore[arg-type]
+        _check_grad_mode()
+        with torch.enable_grad(), self._transaction(batch_device(batch)):
+            if self.rho == 0.0:
+                return self._plain_step(batch, n)
+            return self._perturbed_step(batch, n)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)
@@ -279,155 +261,296 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         self.base.add_param_group(param_group)
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"base": base.state_dict(), "sam": {...}}``; the ``sam`` part holds RNG states, if any."""
-        return {"base": self.base.state_dict(), "sam": self._extra_state()}
+        """The base optimizer's ``state_dict()`` plus ``"sam"``: the family's own state (RNG states).
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a dict from ``state_dict``, or a plain base-optimizer state dict."""
-        if "base" in state_dict and "sam" in state_dict:
-            self.base.load_state_dict(state_dict["base"])
-            self._load_extra_state(state_dict["sam"])
-        elif "state" in state_dict and "param_groups" in state_dict:
-            self.base.load_state_dict(state_dict)
+        Hooks registered with ``register_state_dict_pre_hook`` / ``_post_hook`` on this object run.
+        """
+        for pre in self._optimizer_state_dict_pre_hooks.values():
+            pre(self)
+        state = self.base.state_dict()
+        state[EXTRA_KEY] = self._extra_state()
+        for post in self._optimizer_state_dict_post_hooks.values():
+            out = post(self, state)
+            state = out if out is not None else state
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load a dict from ``state_dict`` (this layout or the older ``{"base", "sam"}``), or a plain
+        base-optimizer state dict. Checked first: a checkpoint of another kind of base optimizer or of
+        another architecture is refused before anything changes."""
+        if not isinstance(state_dict, Mapping):
+            raise ValueError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        sd: dict[str, Any] = dict(state_dict)
+        for pre in self._optimizer_load_state_dict_pre_hooks.values():
+            out = pre(self, sd)
+            sd = out if out is not None else sd
+        if "base" in sd and EXTRA_KEY in sd and "state" not in sd:  # layout of earlier versions
+            base_sd, extra = sd["base"], sd[EXTRA_KEY]
+        elif "state" in sd and "param_groups" in sd:
+            base_sd = {k: v for k, v in sd.items() if k != EXTRA_KEY}
+            extra = sd.get(EXTRA_KEY, {})
         else:
             raise ValueError(
-                "state_dict must come from SAM-family state_dict() (keys 'base', 'sam') or from a "
-                f"torch optimizer (keys 'state', 'param_groups'); got keys {sorted(state_dict)}"
+                "state_dict must come from a SAM-family or torch optimizer's state_dict() (keys 'state', "
+                f"'param_groups'); got keys {sorted(sd)}"
             )
+        self._check_base_state(base_sd)
+        self._check_extra_state(extra)
+        self.base.load_state_dict(base_sd)
+        self._load_extra_state(extra)
         # torch's load_state_dict replaces the base optimizer's group list and state: share them again,
         # or a scheduler attached to this object would set the LR on a list nobody reads.
         self.param_groups = self.base.param_groups
         self.state = self.base.state
         self._groups_key = ()
         self._state_backup = []
+        self._stateless_ids = set()
+        for post in self._optimizer_load_state_dict_post_hooks.values():
+            post(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rho={self.rho}, normalize={self.normalize}, base={self.base!r})"
 
     # ------------------------------------------------------ for subclasses to override
-    _supports_closure = False
-
     def _check_batch(self, n: int) -> None:
-        """Reject a batch size the variant cannot use (m-SAM: m must divide it)."""
+        """Reject a batch size the variant cannot use."""
 
-    def _perturbed_step(
-        self, inputs: Inputs, targets: Targets, loss_fn: LossFn, n: int
-    ) -> StepStats:
+    def _perturbed_step(self, batch: Any, n: int) -> StepStats:
         raise NotImplementedError
 
     def _closure_step(self, closure: Callable[[], Tensor]) -> Tensor:
         raise ValueError(
-            f"{type(self).__name__} needs the batch: call step(inputs, targets, loss_fn); "
-            "only SAM accepts a closure"
+            f"{type(self).__name__} needs the batch: call step(inputs, targets, loss_fn) or "
+            "step(batch, loss_fn); only SAM accepts a closure"
         )
 
     def _extra_state(self) -> dict[str, Any]:
         return {}
 
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
+    def _check_extra_state(self, state: Any) -> None:
+        if not isinstance(state, Mapping):
+            raise ValueError(f"state_dict['{EXTRA_KEY}'] must be a dict, got {type(state).__name__}")
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         pass
 
-    # ----------------------------------------------------------------- passes
-    def forward_losses(self, inputs: Inputs, targets: Targets, loss_fn: LossFn, n: int) -> Tensor:
-        """Per-sample losses ``loss_fn(model(*inputs), targets)``, checked to have shape ``[n]``.
+    # ----------------------------------------------------------------- checks
+    def _task(self, inputs: Any, targets: Any, loss_fn: Any) -> tuple[Any, PerSampleLoss]:
+        """The batch and ``fn(model, batch) -> per-sample losses`` for either form of ``step``."""
+        if loss_fn is None and callable(targets) and not isinstance(targets, Tensor):
+            loss_fn, targets = targets, None
+        if inputs is None:
+            raise ValueError(
+                f"{type(self).__name__}.step() needs the batch: step(inputs, targets, loss_fn) or "
+                "step(batch, loss_fn) with loss_fn(model, batch) -> per-sample losses"
+                + ("; or a closure" if type(self)._closure_step is not PerturbedOptimizer._closure_step
+                   else "")
+                + ". GradScaler.step(opt) and Trainer-style opt.step() cannot drive it: pass scaler= "
+                "to the constructor and call opt.step(...) with the batch."
+            )
+        if loss_fn is None:
+            raise ValueError(f"{type(self).__name__}.step: loss_fn is missing (one loss per sample)")
+        if not callable(loss_fn):
+            raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        if targets is None:
+            if isinstance(loss_fn, nn.modules.loss._Loss):
+                raise ValueError(
+                    f"loss_fn {type(loss_fn).__name__} takes (outputs, targets): call "
+                    "step(inputs, targets, loss_fn), or give a loss_fn(model, batch)"
+                )
+            return inputs, loss_fn
+        n, nt = batch_size(inputs, "inputs"), batch_size(targets, "targets")
+        if n != nt:
+            raise ValueError(f"targets has {nt} samples but inputs has {n}; they must match")
+        return (inputs, targets), TargetsForm(loss_fn)
 
-        A wrong shape restores the buffers saved at the start of the step and raises ``ValueError``.
-        """
-        losses = loss_fn(self.model(*as_tuple(inputs)), targets)
+    def _check_not_pending(self) -> None:
+        if getattr(self, "_pending", None) is not None:
+            raise RuntimeError(
+                "first_step() is pending (the weights are at w + e): call second_step() before another "
+                "first_step() or step()"
+            )
+
+    def _check_base_state(self, sd: Mapping[str, Any]) -> None:
+        """Refuse a base checkpoint of another kind of optimizer or of another architecture."""
+        groups, state = sd.get("param_groups"), sd.get("state")
+        if not isinstance(groups, list) or not isinstance(state, Mapping):
+            raise ValueError("state_dict['param_groups'] must be a list and state_dict['state'] a dict")
+        if len(groups) != len(self.base.param_groups):
+            raise ValueError(
+                f"the checkpoint has {len(groups)} parameter groups, this optimizer "
+                f"{len(self.base.param_groups)}"
+            )
+        ids: dict[Any, Tensor] = {}
+        for i, (saved, cur) in enumerate(zip(groups, self.base.param_groups)):
+            if not isinstance(saved, Mapping) or len(saved.get("params", ())) != len(cur["params"]):
+                raise ValueError(f"parameter group {i} of the checkpoint has another number of parameters")
+            unknown = sorted(set(saved) - set(cur))
+            if unknown:
+                raise ValueError(
+                    f"the checkpoint's parameter groups have settings {unknown} that this "
+                    f"{type(self.base).__name__} does not have: it was saved by another kind of base "
+                    "optimizer"
+                )
+            ids.update(zip(saved["params"], cur["params"]))
+        for pid, st in state.items():
+            p = ids.get(pid)
+            if p is None or not isinstance(st, Mapping):
+                raise ValueError(f"the checkpoint has state for a parameter id {pid!r} it does not list")
+            for key, v in st.items():
+                if isinstance(v, Tensor) and v.ndim > 0 and v.shape != p.shape and (
+                    v.ndim == p.ndim or v.numel() == p.numel()
+                ):
+                    raise ValueError(
+                        f"state {key!r} of a parameter has shape {tuple(v.shape)} but the parameter has "
+                        f"{tuple(p.shape)}: the checkpoint is of another architecture"
+                    )
+
+    # ----------------------------------------------------------------- the step's frame
+    @contextmanager
+    def _transaction(self, device: torch.device) -> Iterator[None]:
+        """Back up everything a step may change; put it all back if anything raises."""
+        groups = self._refresh_groups()
+        params = [p for g in self.param_groups for p in g["params"]]
+        grads = [p.grad for p in params]
+        self._rng_at_start = RNGState({p.device for g in groups for p in g.params[:1]})
+        extra = self._extra_state()
+        self._scale = self._current_scale(device)
+        self._save_weights()
+        self._save_buffers(before_step=True)
+        self._base_done = False
+        try:
+            yield
+        except BaseException:
+            if not self._base_done:
+                self._restore_weights()
+                self._restore_buffers(before_step=True)
+                for p, g in zip(params, grads):
+                    p.grad = g
+                self._rng_at_start.restore()
+                self._load_extra_state(extra)
+            raise
+        finally:
+            self._rng_at_start = None  # hold nothing between steps
+
+    def _current_scale(self, device: torch.device) -> Tensor | None:
+        if self.scaler is None:
+            return None
+        return self.scaler.scale(torch.ones((), device=device))  # public API; a device tensor
+
+    def _plain_step(self, batch: Any, n: int) -> StepStats:
+        loss = self._losses(batch, n).mean()
+        self.zero_grad()  # only once the call is known to be valid: a rejected call changes nothing
+        self._backward(loss)
+        gnorm = self._grad_norm()
+        skipped = self._base_step(torch.isfinite(loss) & torch.isfinite(gnorm))
+        zero = torch.zeros((), device=gnorm.device)
+        return StepStats(loss.detach(), loss.detach(), self._unscaled(gnorm), zero, skipped)
+
+    # ----------------------------------------------------------------- passes
+    def _losses(self, batch: Any, n: int) -> Tensor:
+        """Per-sample losses of the model on ``batch``, checked to have shape ``[n]``."""
+        assert self._per_sample is not None
+        losses = self._per_sample(self.model, batch)
         if not isinstance(losses, Tensor) or losses.shape != (n,):
-            self._restore_buffers(before_step=True)
             shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
             raise ValueError(
-                f"loss_fn must return one loss per sample, shape ({n},), got {shape}; "
-                "use reduction='none'"
+                f"loss_fn must return one loss per sample, shape ({n},), got {shape}; use reduction='none'"
+            )
+        if torch.is_grad_enabled() and not losses.requires_grad:
+            raise ValueError(
+                "the per-sample losses do not require grad: loss_fn detached them (.detach(), .item(), "
+                "torch.no_grad() inside) or the model uses none of the base optimizer's trainable parameters"
             )
         return losses
 
-    def backward(self, loss: Tensor) -> None:
+    def _backward(self, loss: Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def ascent_context(self) -> AbstractContextManager[Any]:
+    def _ascent_context(self) -> AbstractContextManager[Any]:
         """Wraps pass 1 (forward *and* backward): ``no_sync`` under DDP with ``scope="local"``."""
-        return self.no_sync() if self.scope == "local" else nullcontext()
+        return self._no_sync() if self.scope == "local" else nullcontext()
 
-    def no_sync(self) -> AbstractContextManager[Any]:
+    def _no_sync(self) -> AbstractContextManager[Any]:
         """``model.no_sync()`` for a DDP model (no gradient all-reduce), a no-op otherwise."""
-        return self.model.no_sync() if self.ddp else nullcontext()
+        return self.model.no_sync() if isinstance(self.model, DistributedDataParallel) else nullcontext()
 
-    def poison_unless(self, loss: Tensor, ok: Tensor) -> Tensor:
-        """Under DDP, make the synchronised descent loss NaN where this rank's pass 1 was not finite.
-
-        The all-reduce then carries the NaN to every rank, so all ranks skip the step together without
-        an extra collective.
-        """
+    def _nan_unless(self, loss: Tensor, finite: Tensor) -> Tensor:
+        """Under DDP, make the synchronised descent loss NaN where this rank's pass 1 was not finite:
+        the all-reduce carries the NaN to every rank, so all ranks skip the step together."""
         if not self.ddp:
             return loss
-        return loss * torch.where(ok, 1.0, float("nan")).to(loss.dtype)
-
-    def _plain_step(self, inputs: Inputs, targets: Targets, loss_fn: LossFn, n: int) -> StepStats:
-        loss = self.forward_losses(inputs, targets, loss_fn, n).mean()
-        self.zero_grad()  # only once the call is known to be valid: a rejected call changes nothing
-        self.backward(loss)
-        gnorm = self.grad_norm()
-        ok = torch.isfinite(loss) & torch.isfinite(gnorm)
-        self.save_weights()
-        skipped = self.base_step(ok)
-        zero = torch.zeros((), device=gnorm.device)
-        return StepStats(loss.detach(), loss.detach(), self.unscaled(gnorm), zero, skipped)
+        return loss * torch.where(finite, 1.0, float("nan")).to(loss.dtype)
 
     # ----------------------------------------------------------------- weights
-    def groups(self) -> list[_Group]:
-        """Trainable parameters grouped by (device, dtype); rebuilt when the groups change."""
-        key = tuple(len(g["params"]) for g in self.param_groups)
+    def _refresh_groups(self) -> list[Group]:
+        """Trainable parameters grouped by (device, dtype); rebuilt when a parameter is added or its
+        ``requires_grad`` changes (layers unfrozen during fine-tuning are followed)."""
+        key = tuple((id(p), p.requires_grad) for g in self.param_groups for p in g["params"])
         if key != self._groups_key:
             by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
             for g in self.param_groups:
                 for p in g["params"]:
                     if p.requires_grad:
                         by_kind.setdefault((p.device, p.dtype), []).append(p)
-            self._groups = [_Group(ps) for ps in by_kind.values()]
+            if not by_kind:
+                raise ValueError(
+                    "no parameter of the base optimizer requires grad: there is nothing to train "
+                    "(unfreeze some, or give the base optimizer the trainable parameters)"
+                )
+            self._groups = [Group(ps) for ps in by_kind.values()]
             self._groups_key = key
+            self._make_capturable()
         return self._groups
 
-    def save_weights(self) -> None:
+    def _make_capturable(self) -> None:
+        """On CUDA, keep step counters on the device (``capturable=True``) so a skip needs no sync."""
+        for g in self.param_groups:
+            if g.get("capturable") is False and any(p.device.type == "cuda" for p in g["params"]):
+                g["capturable"] = True
+                for p in g["params"]:
+                    for k, v in self.base.state.get(p, {}).items():
+                        if isinstance(v, Tensor) and v.device != p.device:
+                            self.base.state[p][k] = v.to(p.device)
+
+    def _save_weights(self) -> None:
         with torch.no_grad():
-            for g in self.groups():
+            for g in self._groups:
                 g.save()
 
-    def restore_weights(self) -> None:
+    def _restore_weights(self) -> None:
         with torch.no_grad():
-            for g in self.groups():
+            for g in self._groups:
                 g.restore()
         weights_changed()
 
-    def grads(self) -> GradPairs:
+    def _grads(self) -> GradPairs:
         """Per group, the parameters that have a ``.grad`` and their gradients."""
         out: GradPairs = []
-        for g in self.groups():
-            ps = [p for p in g.params if p.grad is not None]
-            if ps:
-                out.append((ps, [p.grad for p in ps]))  # type: ignore[misc]
+        for g in self._groups:
+            pairs = [(p, p.grad) for p in g.params if p.grad is not None]
+            if pairs:
+                out.append(([p for p, _ in pairs], [d for _, d in pairs if d is not None]))
         return out
 
-    def pair_up(self, grads: tuple[Tensor | None, ...]) -> GradPairs:
-        """Group gradients given in ``flat_params`` order (e.g. from ``torch.autograd.grad``)."""
+    def _group_grads(self, grads: tuple[Tensor | None, ...]) -> GradPairs:
+        """Group gradients given in ``_flat_params()`` order (e.g. from ``torch.autograd.grad``)."""
         out: GradPairs = []
         i = 0
-        for g in self.groups():
+        for g in self._groups:
             chunk = grads[i : i + len(g.params)]
             i += len(g.params)
-            kept = [(p, d) for p, d in zip(g.params, chunk) if d is not None]
-            if kept:
-                out.append(([p for p, _ in kept], [d for _, d in kept]))  # type: ignore[misc]
+            ps = [p for p, d in zip(g.params, chunk) if d is not None]
+            ds = [d for d in chunk if d is not None]
+            if ps:
+                out.append((ps, ds))
         return out
 
-    def flat_params(self) -> list[Tensor]:
+    def _flat_params(self) -> list[Tensor]:
         """The trainable parameters, group after group."""
-        return [p for g in self.groups() for p in g.params]
+        return [p for g in self._groups for p in g.params]
 
-    def grad_norm(
-        self, adaptive_eps: float | None = None, pairs: GradPairs | None = None
-    ) -> Tensor:
+    def _grad_norm(self, adaptive_eps: float | None = None, pairs: GradPairs | None = None) -> Tensor:
         """Global L2 norm ||g|| of the gradients, accumulated in float32 (float64 for float64).
 
         Args:
@@ -436,25 +559,26 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         """
         norms: list[Tensor] = []
         device = None
-        for ps, gs in self.grads() if pairs is None else pairs:
+        for ps, gs in self._grads() if pairs is None else pairs:
             device = device or gs[0].device
             if adaptive_eps is not None:
-                gs = torch._foreach_mul(torch._foreach_add(torch._foreach_abs(ps), adaptive_eps), gs)
-            acc = torch.promote_types(gs[0].dtype, torch.float32)  # float32 at least, float64 kept
+                gs = list(torch._foreach_mul(torch._foreach_add(torch._foreach_abs(ps), adaptive_eps), gs))
+            acc = torch.promote_types(gs[0].dtype, torch.float32)
+            if acc.is_complex:
+                acc = torch.float64 if acc == torch.complex128 else torch.float32
             norms.extend(n.to(device) for n in torch._foreach_norm(gs, 2, dtype=acc))
         if not norms:
-            raise RuntimeError("no parameter received a gradient; does the loss depend on them?")
+            raise ValueError("no parameter received a gradient; does the loss depend on the parameters?")
         return torch.linalg.vector_norm(torch.stack(norms))
 
-    def perturb(
-        self, scale: Tensor, adaptive_eps: float | None = None, pairs: GradPairs | None = None
-    ) -> None:
+    def _perturb(self, scale: Tensor, adaptive_eps: float | None = None,
+                 pairs: GradPairs | None = None) -> None:
         """w <- w + scale * g (ASAM: w <- w + scale * T^2 g with T = abs(w) + adaptive_eps).
 
-        The gradients are scaled in place (they are overwritten by the next pass anyway).
+        The gradients are scaled in place: afterwards they hold e.
         """
         with torch.no_grad():
-            for ps, gs in self.grads() if pairs is None else pairs:
+            for ps, gs in self._grads() if pairs is None else pairs:
                 if adaptive_eps is not None:
                     t = torch._foreach_add(torch._foreach_abs(ps), adaptive_eps)
                     torch._foreach_mul_(gs, t)
@@ -463,102 +587,104 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 torch._foreach_add_(ps, gs)
         weights_changed()
 
-    def finish(self, ok: Tensor) -> Tensor:
-        """After the descent backward at w + e: restore w and the buffers, then the guarded base step.
-
-        ``ok`` says whether the losses and the ascent gradient were finite; the descent gradient is
-        checked here. Returns ``skipped``.
-        """
-        self.restore_weights()
-        self.restore_buffers()
-        return self.base_step(ok & torch.isfinite(self.grad_norm()))
-
-    def perturbation_scale(self, gnorm: Tensor) -> Tensor:
+    def _perturbation_scale(self, gnorm: Tensor) -> Tensor:
         """rho/||g|| (SAM) or rho (USAM), as a 0-d float32 device tensor; unscales AMP gradients."""
         if self.normalize:
             return self.rho / (gnorm + EPS)
         scale = torch.full_like(gnorm, self.rho)
-        if self.scaler is not None:
-            scale = scale / self.scaler._get_scale_async().float()
-        return scale
+        return scale / self._scale.to(scale) if self._scale is not None else scale
 
-    def unscaled(self, gnorm: Tensor) -> Tensor:
-        """A norm of AMP-scaled gradients, divided by the scale (unchanged without a scaler)."""
+    def _unscaled(self, gnorm: Tensor) -> Tensor:
+        """A norm of AMP-scaled gradients, divided by this step's scale (unchanged without a scaler)."""
+        return gnorm / self._scale.to(gnorm) if self._scale is not None else gnorm
+
+    def _restore_and_step(self, finite: Tensor) -> Tensor:
+        """After the descent backward at w + e: restore w and the buffers after pass 1, then the guarded
+        base step. ``finite`` says whether the losses and the ascent gradient were finite; the descent
+        gradient is checked here. Returns ``skipped``."""
+        self._restore_weights()
+        self._restore_buffers()
         if self.scaler is None:
-            return gnorm
-        return gnorm / self.scaler._get_scale_async().float()
+            finite = finite & torch.isfinite(self._grad_norm())
+        return self._base_step(finite)
 
     # ----------------------------------------------------------------- buffers
     def _model_buffers(self) -> list[Tensor]:
-        bufs = [b for b in self.model.buffers()]
+        bufs = list(self.model.buffers())
         if len(bufs) != len(self._buffers) or any(a is not b for a, b in zip(bufs, self._buffers)):
             self._buffers = bufs
-            self._buf_after_pass1 = [torch.empty_like(b) for b in bufs]
-            self._buf_before_step = [torch.empty_like(b) for b in bufs]
+            self._buf_after_pass1 = [b.clone() for b in bufs]
+            self._buf_before_step = [b.clone() for b in bufs]
         return self._buffers
 
     def _save_buffers(self, before_step: bool = False) -> None:
+        """Remember the model's buffers: as pass 1 left them, or (``before_step``) as the step found them."""
         bufs = self._model_buffers()
         if bufs:
-            dst = self._buf_before_step if before_step else self._buf_after_pass1
             with torch.no_grad():
-                torch._foreach_copy_(dst, bufs)
+                torch._foreach_copy_(self._buf_before_step if before_step else self._buf_after_pass1, bufs)
 
     def _restore_buffers(self, before_step: bool = False) -> None:
+        """Put back the buffers saved by ``_save_buffers`` (undo any later pass's updates)."""
         if self._buffers:
-            src = self._buf_before_step if before_step else self._buf_after_pass1
             with torch.no_grad():
-                torch._foreach_copy_(self._buffers, src)
-
-    def save_buffers(self) -> None:
-        """Remember the model's buffers as pass 1 left them (BatchNorm running statistics)."""
-        self._save_buffers()
-
-    def restore_buffers(self) -> None:
-        """Put back the buffers saved by ``save_buffers`` (undo any later pass's updates)."""
-        self._restore_buffers()
+                torch._foreach_copy_(
+                    self._buffers, self._buf_before_step if before_step else self._buf_after_pass1
+                )
 
     # ----------------------------------------------------------------- the base step
-    def _base_state_tensors(self) -> list[Tensor] | None:
-        """Tensors of the base optimizer's state for parameters with a gradient; ``None`` while a
-        parameter that will be stepped has no state yet (before the base optimizer's first step)."""
-        out: list[Tensor] = []
-        for ps, _ in self.grads():
-            for p in ps:
-                st = self.base.state.get(p)
-                if not st:
-                    return None
-                out.extend(v for v in st.values() if isinstance(v, Tensor))
-        return out
-
-    def base_step(self, ok: Tensor) -> Tensor:
-        """The base optimizer's step, taken only if ``ok``; returns ``skipped`` as a device tensor.
+    def _base_step(self, finite: Tensor) -> Tensor:
+        """The base optimizer's step, taken only if ``finite``; returns ``skipped`` as a device tensor.
 
         A skipped step changes nothing: parameters, the base optimizer's state and the model's buffers
-        (e.g. BatchNorm statistics that a non-finite forward would poison) are as before the step.
-        Expects the weights backup to hold the current weights (call ``save_weights`` first).
+        are as before the step. Expects the weights backup to hold the current weights.
         """
         try:
             if self.scaler is not None:
-                skipped = self._scaled_base_step(ok)
+                skipped = self._scaled_base_step(finite)
             elif not self.skip_nonfinite:
+                self._clip()
                 self.base.step()
-                return ~ok
+                self._base_done = True
+                return ~finite
             else:
-                skipped = self._guarded_base_step(ok)
+                skipped = self._guarded_base_step(finite)
             if self._buffers:
                 with torch.no_grad():
-                    select_(~skipped, self._buffers, self._buf_before_step)
+                    bitwise_select_(~skipped, self._buffers, self._buf_before_step)
             return skipped
         finally:
             weights_changed()
 
-    def _guarded_base_step(self, ok: Tensor) -> Tensor:
+    def _clip(self) -> None:
+        if self.max_grad_norm is not None:
+            params = [p for ps, _ in self._grads() for p in ps]
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+
+    def _base_state_tensors(self) -> list[Tensor] | None:
+        """Tensors of the base optimizer's state for parameters with a gradient; ``None`` while a
+        parameter that will be stepped has no state yet (unless a step showed that it never gets any)."""
+        out: list[Tensor] = []
+        for ps, _ in self._grads():
+            for p in ps:
+                st = self.base.state.get(p)
+                if st:
+                    out.extend(v for v in st.values() if isinstance(v, Tensor))
+                elif id(p) not in self._stateless_ids:  # stateless bases (SGD without momentum) pass
+                    return None
+        return out
+
+    def _guarded_base_step(self, finite: Tensor) -> Tensor:
+        self._clip()
         state = self._base_state_tensors()
         if state is None:
-            if bool(ok):  # host decision, only until the base optimizer has created its state
+            if bool(finite):  # host decision, only until the base optimizer has stepped every parameter
                 self.base.step()
-            return ~ok
+                self._stateless_ids.update(
+                    id(p) for ps, _ in self._grads() for p in ps if not self.base.state.get(p)
+                )
+            self._base_done = True
+            return ~finite
         with torch.no_grad():
             if len(self._state_backup) != len(state) or any(
                 a.shape != b.shape or a.dtype != b.dtype or a.device != b.device
@@ -567,19 +693,61 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 self._state_backup = [torch.empty_like(t) for t in state]
             if state:
                 torch._foreach_copy_(self._state_backup, state)
-            self.base.step()
-            params = [p for g in self.groups() for p in g.params]
-            backups = [b for g in self.groups() for b in g.backup]
-            select_(ok, params + state, backups + self._state_backup)
-        return ~ok
+            try:
+                self.base.step()
+            except BaseException:
+                if state:
+                    torch._foreach_copy_(state, self._state_backup)
+                raise
+            self._base_done = True
+            params = self._flat_params()
+            backups = [b for g in self._groups for b in g.backup]
+            bitwise_select_(finite, params + state, backups + self._state_backup)
+        return ~finite
 
-    def _scaled_base_step(self, ok: Tensor) -> Tensor:
-        assert self.scaler is not None
-        self.scaler.unscale_(self.base)  # records the overflows of pass 2, per device
-        per_device = self.scaler._per_optimizer_states[id(self.base)]["found_inf_per_device"]
-        for found in per_device.values():  # an overflow in pass 1 must skip the step and lower the scale too
-            found.add_((~ok).to(found))
-        skipped = torch.stack([v.to(ok.device) for v in per_device.values()]).sum() > 0 if per_device else ~ok
-        self.scaler.step(self.base)  # skips the base step if any overflow was recorded
-        self.scaler.update()
-        return skipped
+    def _scaled_base_step(self, finite: Tensor) -> Tensor:
+        scaler = self.scaler
+        assert scaler is not None
+        grads = self._grads()
+        if grads:  # an overflow in pass 1 must skip the step and lower the scale too: show it to the scaler
+            g = grads[0][1][0]
+            g.mul_(torch.where(finite, 1.0, float("nan")).to(g.dtype))
+        scaler.unscale_(self.base)
+        self._clip()
+        finite = torch.isfinite(self._grad_norm())
+        scaler.step(self.base)  # skips the base step if any gradient is non-finite
+        scaler.update()
+        self._base_done = True
+        return ~finite
+
+
+def _check_model_and_base(model: Any, base: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(base, torch.optim.Optimizer) or isinstance(base, PerturbedOptimizer):
+        raise ValueError(
+            "base must be a torch.optim.Optimizer instance (e.g. torch.optim.SGD(...)), "
+            f"not a class or another SAM-family optimizer; got {base!r}"
+        )
+    if isinstance(base, torch.optim.LBFGS):
+        raise ValueError(
+            "base=LBFGS is not supported: its step re-evaluates a closure for a line search, which a "
+            "perturbed step cannot give it; use a first-order optimizer (SGD, Adam, ...)"
+        )
+    own = {id(p) for p in model.parameters()}
+    foreign = sum(id(p) not in own for g in base.param_groups for p in g["params"])
+    if foreign:
+        raise ValueError(
+            f"base optimizes {foreign} parameter(s) that are not the model's: build it from "
+            "model.parameters() of the same model"
+        )
+    if not any(p.requires_grad for g in base.param_groups for p in g["params"]):
+        raise ValueError("no parameter of the base optimizer requires grad: there is nothing to train")
+
+
+def _check_grad_mode() -> None:
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "step() was called inside torch.inference_mode(): a training step needs autograd; call it "
+            "outside (torch.no_grad() is fine, the step enables gradients itself)"
+        )

@@ -1,13 +1,14 @@
 """m-SAM and m-USAM: one perturbation per micro-batch of size m (paper §2.4).
 
-Algorithm, one step on a batch γ of size B split into k = B/m disjoint micro-batches I_1..I_k:
+Algorithm, one step on a batch γ of size B split into k = ⌈B/m⌉ disjoint micro-batches I_1..I_k (the last
+one holds the remainder when m does not divide B, e.g. the last batch of an epoch):
 
 .. code-block:: text
 
     for j = 1..k:
         g_j = ∇f_{I_j}(w)                         # pass 1 on micro-batch j
         e_j = ρ g_j/‖g_j‖  (m-SAM)   e_j = ρ g_j  (m-USAM, normalize=False)
-    G = (1/k) Σ_j ∇f_{I_j}(w + e_j)               # pass 2, each micro-batch at its own point
+    G = Σ_j (|I_j|/B) ∇f_{I_j}(w + e_j)           # pass 2, each micro-batch at its own point
     w = base_step(w, G)
 
 i.e. x_{k+1} = x_k − η (m/B) Σ_j ∇f_{I_j}(x_k + ρ ∇f_{I_j}(x_k)/‖∇f_{I_j}(x_k)‖). Its SDE drift adds
@@ -26,7 +27,7 @@ Backends (same arithmetic, equal to float64 round-off; ``StepStats.grad_norm`` a
   normalises per micro-batch; the running statistics receive one update per step, with the mean of the
   k micro-batch statistics (each micro-batch updates its own copy, the copies are averaged). Memory:
   k copies of the gradients and perturbed weights (``vmap_chunk_size`` bounds it). Dropout draws
-  different masks per micro-batch.
+  different masks per micro-batch. A batch that m does not divide runs on the loop backend.
 * ``"auto"``: ``"vmap"`` on CUDA, ``"loop"`` on the CPU (where the loop is faster for conv nets) and
   under DistributedDataParallel.
 
@@ -61,27 +62,20 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from sam_tutorial.optim.base import (
-    Inputs,
-    LossFn,
-    PerturbedOptimizer,
-    StepStats,
-    Targets,
-    as_tuple,
+from sam_tutorial.optim._util import (
+    PerSampleModule,
+    batch_device,
+    check_choice,
+    check_int,
+    check_int_or_none,
+    fold,
+    split,
 )
+from sam_tutorial.optim.base import PerturbedOptimizer, StepStats
+
+__all__ = ["BACKENDS", "MSAM"]
 
 BACKENDS = ("auto", "loop", "vmap")
-
-
-def _split(x: Inputs, k: int, j: int) -> Inputs:
-    m = as_tuple(x)[0].shape[0] // k
-    parts = tuple(t[j * m : (j + 1) * m] for t in as_tuple(x))
-    return parts if isinstance(x, tuple) else parts[0]
-
-
-def _fold(x: Inputs, k: int) -> Inputs:
-    parts = tuple(t.reshape(k, t.shape[0] // k, *t.shape[1:]) for t in as_tuple(x))
-    return parts if isinstance(x, tuple) else parts[0]
 
 
 class MSAM(PerturbedOptimizer):
@@ -91,7 +85,8 @@ class MSAM(PerturbedOptimizer):
         model: the module to train.
         base: any ``torch.optim.Optimizer`` instance over the model's parameters.
         rho: radius ρ >= 0.
-        m: micro-batch size; must divide every batch passed to ``step``.
+        m: micro-batch size (an integer >= 1); a batch it does not divide gets a last, smaller
+            micro-batch, weighted by its size.
         normalize: m-SAM (``True``) or m-USAM (``False``).
         backend: ``"loop"``, ``"vmap"`` or ``"auto"`` (see the module docstring).
         vmap_chunk_size: micro-batches per vectorised call (``None``: all k at once).
@@ -99,6 +94,7 @@ class MSAM(PerturbedOptimizer):
         skip_nonfinite: skip the whole step on a non-finite loss or gradient.
         scope: under ``DistributedDataParallel``, ``"local"`` (default) or ``"global"``; see
             ``sam_tutorial.optim.base`` (ignored for a model that is not DDP-wrapped).
+        max_grad_norm: clip the descent gradient to this norm before the base step (``None``: no).
     """
 
     def __init__(
@@ -114,6 +110,7 @@ class MSAM(PerturbedOptimizer):
         scaler: torch.amp.GradScaler | None = None,
         skip_nonfinite: bool = True,
         scope: str | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -123,15 +120,11 @@ class MSAM(PerturbedOptimizer):
             scaler=scaler,
             skip_nonfinite=skip_nonfinite,
             scope=scope,
+            max_grad_norm=max_grad_norm,
         )
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise ValueError(f"m must be an integer >= 1 (the micro-batch size), got {m!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        if vmap_chunk_size is not None and (
-            not isinstance(vmap_chunk_size, int) or vmap_chunk_size < 1
-        ):
-            raise ValueError(f"vmap_chunk_size must be an integer >= 1 or None, got {vmap_chunk_size!r}")
+        self.m = check_int("m", m)
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self.vmap_chunk_size = check_int_or_none("vmap_chunk_size", vmap_chunk_size)
         if self.ddp and self.scope == "global":
             raise ValueError(
                 "MSAM under DistributedDataParallel supports scope='local' only: each rank perturbs "
@@ -142,9 +135,6 @@ class MSAM(PerturbedOptimizer):
             raise ValueError(
                 "backend='vmap' does not run under DistributedDataParallel; use 'loop' or 'auto'"
             )
-        self.m = m
-        self.backend = backend
-        self.vmap_chunk_size = vmap_chunk_size
 
     def resolved_backend(self, device: torch.device) -> str:
         """The backend a step on ``device`` uses (``"auto"``: vmap on CUDA, loop elsewhere)."""
@@ -152,83 +142,75 @@ class MSAM(PerturbedOptimizer):
             return self.backend
         return "vmap" if device.type == "cuda" and not self.ddp else "loop"
 
-    def _check_batch(self, n: int) -> None:
-        if n % self.m:
-            raise ValueError(
-                f"m={self.m} must divide the batch size; got a batch of {n} samples "
-                f"(accepted: batch sizes that are multiples of m)"
-            )
-
-    def _perturbed_step(
-        self, inputs: Inputs, targets: Targets, loss_fn: LossFn, n: int
-    ) -> StepStats:
-        device = as_tuple(inputs)[0].device
-        if self.resolved_backend(device) == "vmap":
-            return self._vmap_step(inputs, targets, loss_fn, n)
-        return self._loop_step(inputs, targets, loss_fn, n)
+    def _perturbed_step(self, batch: Any, n: int) -> StepStats:
+        if self.resolved_backend(batch_device(batch)) == "vmap" and n % self.m == 0:
+            return self._vmap_step(batch, n)
+        return self._loop_step(batch, n)
 
     # ------------------------------------------------------------------ loop
-    def _loop_step(self, inputs: Inputs, targets: Targets, loss_fn: LossFn, n: int) -> StepStats:
-        k = n // self.m
-        params = self.flat_params()
-        self.save_weights()
-        losses, losses2, gnorms = [], [], []
-        ok = torch.ones((), dtype=torch.bool, device=as_tuple(inputs)[0].device)
-        for j in range(k):
-            xj, yj = _split(inputs, k, j), _split(targets, k, j)
-            with self.no_sync():
-                loss = self.forward_losses(xj, yj, loss_fn, self.m).mean()
+    def _loop_step(self, batch: Any, n: int) -> StepStats:
+        starts = list(range(0, n, self.m))
+        params = self._flat_params()
+        losses, losses2, gnorms, sizes = [], [], [], []
+        finite = torch.ones((), dtype=torch.bool, device=params[0].device)
+        for j, start in enumerate(starts):
+            size = min(self.m, n - start)
+            part = split(batch, start, start + size)
+            with self._no_sync():
+                loss = self._losses(part, size).mean()
                 scaled = self.scaler.scale(loss) if self.scaler is not None else loss
                 # autograd.grad keeps the ascent gradient out of .grad, where the descent accumulates.
-                pairs = self.pair_up(torch.autograd.grad(scaled, params, allow_unused=True))
-            gnorm = self.grad_norm(pairs=pairs)
-            ok = ok & torch.isfinite(loss) & torch.isfinite(gnorm)
-            self.save_buffers()
-            self.perturb(self.perturbation_scale(gnorm), pairs=pairs)
+                pairs = self._group_grads(torch.autograd.grad(scaled, params, allow_unused=True))
+            gnorm = self._grad_norm(pairs=pairs)
+            finite = finite & torch.isfinite(loss) & torch.isfinite(gnorm)
+            self._save_buffers()
+            self._perturb(self._perturbation_scale(gnorm), pairs=pairs)
             # DDP: gradients accumulate locally; the last micro-batch's backward all-reduces their sum
-            with self.no_sync() if j < k - 1 else nullcontext():
-                loss2 = self.forward_losses(xj, yj, loss_fn, self.m).mean()
+            with self._no_sync() if j < len(starts) - 1 else nullcontext():
+                loss2 = self._losses(part, size).mean()
                 if j == 0:
                     self.zero_grad()  # the descent gradients accumulate in .grad from here on
-                self.backward(self.poison_unless(loss2, ok) / k)
-            self.restore_weights()
-            self.restore_buffers()
+                self._backward(self._nan_unless(loss2, finite) * (size / n))
+            self._restore_weights()
+            self._restore_buffers()
             losses.append(loss.detach())
             losses2.append(loss2.detach())
             gnorms.append(gnorm)
-        return self._stats(torch.stack(losses), torch.stack(losses2), torch.stack(gnorms))
+            sizes.append(size)
+        weights = torch.tensor(sizes, dtype=torch.float32, device=finite.device) / n
+        return self._stats(torch.stack(losses), torch.stack(losses2), torch.stack(gnorms), weights)
 
-    def _stats(self, losses: Tensor, losses2: Tensor, gnorms: Tensor, restore: bool = True) -> StepStats:
-        """Average over micro-batches, then the guarded base step (``restore``: put w and the
-        buffers back first; the vmap backend never moved them)."""
-        ok = torch.isfinite(losses).all() & torch.isfinite(losses2).all()
-        ok = ok & torch.isfinite(gnorms).all()
-        if restore:
-            skipped = self.finish(ok)
+    def _stats(self, losses: Tensor, losses2: Tensor, gnorms: Tensor, weights: Tensor | None = None,
+               moved: bool = True) -> StepStats:
+        """Average over micro-batches (losses weighted by size), then the guarded base step (``moved``:
+        put w and the buffers back first; the vmap backend never moved them)."""
+        finite = torch.isfinite(losses).all() & torch.isfinite(losses2).all() & torch.isfinite(gnorms).all()
+        if moved:
+            skipped = self._restore_and_step(finite)
         else:
-            skipped = self.base_step(ok & torch.isfinite(self.grad_norm()))
-        enorms = self.perturbation_scale(gnorms) * gnorms
-        return StepStats(
-            losses.mean(), losses2.mean(), self.unscaled(gnorms).mean(), enorms.mean(), skipped
-        )
+            skipped = self._base_step(finite & torch.isfinite(self._grad_norm()))
+        enorms = self._perturbation_scale(gnorms) * gnorms
+        if weights is None:
+            loss, loss2 = losses.mean(), losses2.mean()
+        else:
+            loss, loss2 = (losses * weights.to(losses)).sum(), (losses2 * weights.to(losses2)).sum()
+        return StepStats(loss, loss2, self._unscaled(gnorms).mean(), enorms.mean(), skipped)
 
     # ------------------------------------------------------------------ vmap
-    def _vmap_step(self, inputs: Inputs, targets: Targets, loss_fn: LossFn, n: int) -> StepStats:
+    def _vmap_step(self, batch: Any, n: int) -> StepStats:
         k, m = n // self.m, self.m
-        trainable = {id(p) for p in self.flat_params()}
-        named = dict(self.model.named_parameters())
+        assert self._per_sample is not None
+        module = PerSampleModule(self.model, self._per_sample)
+        trainable = {id(p) for p in self._flat_params()}
+        named = dict(module.named_parameters())
         train = {name: p for name, p in named.items() if id(p) in trainable}
         frozen = {name: p.detach() for name, p in named.items() if id(p) not in trainable}
-        buffers = dict(self.model.named_buffers())
-        xs, ys = _fold(inputs, k), _fold(targets, k)
-        # scaler.scale() creates the scale on first use (the private getter would return None then)
-        amp = None
-        if self.scaler is not None:
-            amp = self.scaler.scale(torch.ones((), device=as_tuple(inputs)[0].device))
+        buffers = dict(module.named_buffers())
+        xs, in_dims = fold(batch, k)
+        amp = self._scale
 
-        def chunk_losses(tp: dict[str, Tensor], bufs: dict[str, Tensor], x: Any, y: Any) -> Tensor:
-            out = functional_call(self.model, ({**tp, **frozen}, bufs), as_tuple(x))
-            losses = loss_fn(out, y)
+        def chunk_losses(tp: dict[str, Tensor], bufs: dict[str, Tensor], x: Any) -> Tensor:
+            losses = functional_call(module, ({**tp, **frozen}, bufs), (x,))
             if not isinstance(losses, Tensor) or losses.shape != (m,):
                 raise ValueError(
                     f"loss_fn must return one loss per sample, shape ({m},) per micro-batch, got "
@@ -237,8 +219,8 @@ class MSAM(PerturbedOptimizer):
                 )
             return losses
 
-        def ascent(tp: dict[str, Tensor], bufs: dict[str, Tensor], x: Any, y: Any) -> Any:
-            mean = chunk_losses(tp, bufs, x, y).mean()
+        def ascent(tp: dict[str, Tensor], bufs: dict[str, Tensor], x: Any) -> Any:
+            mean = chunk_losses(tp, bufs, x).mean()
             return (mean * amp if amp is not None else mean), mean
 
         def batched(bufs: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -248,18 +230,16 @@ class MSAM(PerturbedOptimizer):
         bufs1 = batched(buffers)
         grads, (_, means) = vmap(
             grad_and_value(ascent, has_aux=True),
-            in_dims=(None, buf_dim, 0, 0),
+            in_dims=(None, buf_dim, in_dims),
             randomness="different",
             chunk_size=self.vmap_chunk_size,
-        )({name: p.detach() for name, p in train.items()}, bufs1, xs, ys)
+        )({name: p.detach() for name, p in train.items()}, bufs1, xs)
 
-        # float32 at least (float64 kept), as in PerturbedOptimizer.grad_norm
-        sq = sum(
-            g.flatten(1).to(torch.promote_types(g.dtype, torch.float32)).pow(2).sum(1)
-            for g in grads.values()
-        )
-        gnorms = torch.sqrt(sq)  # type: ignore[arg-type]
-        scales = self.perturbation_scale(gnorms)
+        # float32 at least (float64 kept), as in PerturbedOptimizer._grad_norm
+        acc = [g.flatten(1).to(torch.promote_types(g.dtype, torch.float32)).pow(2).sum(1)
+               for g in grads.values()]
+        gnorms = torch.sqrt(torch.stack(acc).sum(0))
+        scales = self._perturbation_scale(gnorms)
         perturbed = {
             name: p.unsqueeze(0) + (grads[name] * scales.view(k, *[1] * p.ndim).to(p.dtype))
             for name, p in train.items()
@@ -269,11 +249,10 @@ class MSAM(PerturbedOptimizer):
                 b.copy_(bufs1[name].mean(0) if b.is_floating_point() else bufs1[name][0])
         self.zero_grad()
         losses2 = vmap(
-            lambda tp, bufs, x, y: chunk_losses(tp, bufs, x, y).mean(),
-            in_dims=(0, buf_dim, 0, 0),
+            lambda tp, bufs, x: chunk_losses(tp, bufs, x).mean(),
+            in_dims=(0, buf_dim, in_dims),
             randomness="different",
             chunk_size=self.vmap_chunk_size,
-        )(perturbed, batched(buffers), xs, ys)
-        self.backward(losses2.mean())
-        self.save_weights()  # the weights never moved; the guarded base step needs their copy
-        return self._stats(means.detach(), losses2.detach(), gnorms, restore=False)
+        )(perturbed, batched(buffers), xs)
+        self._backward(losses2.mean())
+        return self._stats(means.detach(), losses2.detach(), gnorms, moved=False)

@@ -1,6 +1,7 @@
 """n-SAM and n-USAM: the perturbation comes from the full-data gradient (paper §2.3).
 
-Algorithm, one step on a batch γ with a data set D = (X, Y) of size n fixed at construction:
+Algorithm, one step on a batch γ with a data set D of size n fixed at construction (``data=(X, Y)`` with
+the ``step(inputs, targets, loss_fn)`` form, or any batch with the ``step(batch, loss_fn)`` form):
 
 .. code-block:: text
 
@@ -42,24 +43,22 @@ Example:
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from sam_tutorial.optim.base import (
-    Inputs,
-    LossFn,
-    PerturbedOptimizer,
-    StepStats,
-    Targets,
-    as_tuple,
+from sam_tutorial.optim._util import (
+    TargetsForm,
+    batch_device,
     batch_size,
+    check_int_or_none,
+    split,
+    to_device,
 )
+from sam_tutorial.optim.base import PerturbedOptimizer, StepStats
 
-
-def _rows(x: Inputs, start: int, stop: int, device: torch.device) -> Inputs:
-    parts = tuple(t[start:stop].to(device, non_blocking=True) for t in as_tuple(x))
-    return parts if isinstance(x, tuple) else parts[0]
+__all__ = ["NSAM"]
 
 
 class NSAM(PerturbedOptimizer):
@@ -69,14 +68,16 @@ class NSAM(PerturbedOptimizer):
         model: the module to train.
         base: any ``torch.optim.Optimizer`` instance over the model's parameters.
         rho: radius ρ >= 0.
-        data: ``(X, Y)``, the set whose mean-loss gradient forms the perturbation (usually the whole
-            training set; on any device, moved chunk by chunk to the batch's device).
+        data: the set whose mean-loss gradient forms the perturbation (usually the whole training
+            set; on any device, moved chunk by chunk to the batch's device): ``(X, Y)`` for
+            ``step(inputs, targets, loss_fn)``, or a batch of the form ``step(batch, loss_fn)`` takes.
         normalize: n-SAM (``True``) or n-USAM (``False``).
         chunk_size: samples per forward/backward over ``data`` (``None``: all at once).
         scaler: optional ``torch.amp.GradScaler`` (float16).
         skip_nonfinite: skip the whole step on a non-finite loss or gradient.
         scope: under ``DistributedDataParallel``, ``"local"`` (default) or ``"global"``; see
             ``sam_tutorial.optim.base`` (ignored for a model that is not DDP-wrapped).
+        max_grad_norm: clip the descent gradient to this norm before the base step (``None``: no).
     """
 
     def __init__(
@@ -85,12 +86,13 @@ class NSAM(PerturbedOptimizer):
         base: torch.optim.Optimizer,
         *,
         rho: float,
-        data: tuple[Inputs, Tensor],
+        data: Any,
         normalize: bool = True,
         chunk_size: int | None = None,
         scaler: torch.amp.GradScaler | None = None,
         skip_nonfinite: bool = True,
         scope: str | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -100,44 +102,48 @@ class NSAM(PerturbedOptimizer):
             scaler=scaler,
             skip_nonfinite=skip_nonfinite,
             scope=scope,
+            max_grad_norm=max_grad_norm,
         )
-        if not isinstance(data, tuple | list) or len(data) != 2:
-            raise ValueError("data must be a pair (X, Y) of tensors with the samples on dim 0")
-        try:
-            self.n = batch_size(data[0], data[1])
-        except ValueError as err:
-            raise ValueError(f"data: {err}") from None
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            raise ValueError(f"chunk_size must be an integer >= 1 or None, got {chunk_size!r}")
-        self.data = (data[0], data[1])
-        self.chunk_size = chunk_size or self.n
+        if isinstance(data, tuple | list) and len(data) == 2:
+            n, nt = batch_size(data[0], "data[0]"), batch_size(data[1], "data[1]")
+            if n != nt:
+                raise ValueError(f"data: targets has {nt} samples but inputs has {n}")
+            data = (data[0], data[1])
+        self.n = batch_size(data, "data")
+        self.data = data
+        self.chunk_size = check_int_or_none("chunk_size", chunk_size) or self.n
 
-    def _perturbed_step(
-        self, inputs: Inputs, targets: Targets, loss_fn: LossFn, n: int
-    ) -> StepStats:
-        device = as_tuple(inputs)[0].device
+    def _perturbed_step(self, batch: Any, n: int) -> StepStats:
+        if isinstance(self._per_sample, TargetsForm) and not (
+            isinstance(self.data, tuple) and len(self.data) == 2
+        ):
+            raise ValueError(
+                "data must be a pair (X, Y) for step(inputs, targets, loss_fn); with step(batch, loss_fn) "
+                "it is a batch of the same form"
+            )
+        if batch_size(self.data, "data") != self.n:
+            raise ValueError("data changed size since construction; build a new NSAM for a new data set")
+        device = batch_device(batch)
         total = torch.zeros((), device=device)
         starts = range(0, self.n, self.chunk_size)
         for start in starts:
             stop = min(start + self.chunk_size, self.n)
-            xs, ys = (_rows(d, start, stop, device) for d in self.data)
+            chunk = to_device(split(self.data, start, stop), device)
             # DDP: local scope never synchronises pass 1; global synchronises the accumulated gradient
             last_global = self.scope == "global" and start == starts[-1]
-            with nullcontext() if last_global else self.no_sync():
-                part = self.forward_losses(xs, ys, loss_fn, stop - start).sum() / self.n
+            with nullcontext() if last_global else self._no_sync():
+                part = self._losses(chunk, stop - start).sum() / self.n
                 if start == 0:
                     self.zero_grad()
-                self.backward(part)
+                self._backward(part)
             total = total + part.detach()
-        gnorm = self.grad_norm()
-        self.save_weights()
-        self.save_buffers()
-        scale = self.perturbation_scale(gnorm)
-        self.perturb(scale)
+        gnorm = self._grad_norm()
+        self._save_buffers()
+        scale = self._perturbation_scale(gnorm)
+        self._perturb(scale)
         self.zero_grad()
-        loss2 = self.forward_losses(inputs, targets, loss_fn, n).mean()
-        self.backward(self.poison_unless(loss2, torch.isfinite(total) & torch.isfinite(gnorm)))
-        skipped = self.finish(torch.isfinite(total) & torch.isfinite(loss2) & torch.isfinite(gnorm))
-        return StepStats(total, loss2.detach(), self.unscaled(gnorm), scale * gnorm, skipped)
+        loss2 = self._losses(batch, n).mean()
+        finite = torch.isfinite(total) & torch.isfinite(gnorm)
+        self._backward(self._nan_unless(loss2, finite))
+        skipped = self._restore_and_step(finite & torch.isfinite(loss2))
+        return StepStats(total, loss2.detach(), self._unscaled(gnorm), scale * gnorm, skipped)

@@ -6,34 +6,45 @@ large, solving (paper §5.2, relaxed with ‖Σ p_i ∇f_i‖ <= Σ p_i ‖∇f_
 
     max_{p ∈ Δ_B}  Σ_i p_i ‖∇f_i(w)‖ + (1/λ) H(p)   ⇒   p_i = exp(λ‖∇f_i‖) / Σ_j exp(λ‖∇f_j‖),
 
-with the per-sample gradient norms estimated by one finite difference along a random probe z.
+with the per-sample gradient norms estimated along one random probe z shared by the batch:
+|zᵀ∇f_i(w)| (for z Rademacher, E|zᵀg| ≈ sqrt(2/π)‖g‖, a common factor that λ absorbs).
 
-Algorithm, one step on a batch γ of size B:
+Algorithm, one step on a batch γ of size B (``score="finite-difference"``, the paper's estimator):
 
 .. code-block:: text
 
-    ℓ⁺_i = f_i(w + δ z)                  # the one extra forward (no grad); z Rademacher by default
-    ℓ_i  = f_i(w)                        # pass 1 forward (per-sample losses)
-    ĝ_i  = |ℓ⁺_i − ℓ_i| / δ               # finite-difference estimate of ‖∇f_i(w)‖ (up to a common
-                                         #   factor ≈ sqrt(2/π), which λ absorbs)
-    p    = softmax(λ ĝ)                  # Gibbs weights, detached
-    g_P  = ∇ Σ_i p_i ℓ_i                 # pass 1 backward on the reweighted loss
+    u    = z / ‖z‖                         # z Rademacher by default (entries ±1, ‖z‖ = √d)
+    ℓ⁺_i = f_i(w + δ u)                    # the one extra forward (no grad); ‖δu‖ = δ, the probe radius
+    ℓ_i  = f_i(w)                          # pass 1 forward (per-sample losses), same dropout masks
+    ĝ_i  = ‖z‖ |ℓ⁺_i − ℓ_i| / δ             # ≈ |zᵀ∇f_i(w)|
+    p    = softmax(λ ĝ)                    # Gibbs weights, detached
+    g_P  = ∇ Σ_i p_i ℓ_i                   # pass 1 backward on the reweighted loss
     e    = ρ g_P/‖g_P‖   (USAM form: ρ g_P)
-    g'   = ∇ f_γ(w + e)                  # pass 2: uniform mean (weighted_descent=True: Σ p_i ℓ_i)
+    g'   = ∇ f_γ(w + e)                    # pass 2: uniform mean (weighted_descent=True: Σ p_i ℓ_i)
     w    = base_step(w, g')
 
 Cost 3 forward + 2 backward passes, about 1/6 more than SAM. ``lam = 0`` gives uniform weights, i.e.
-SAM. Under DistributedDataParallel, ``scope="local"`` (default) computes the weights over each rank's
+SAM. ``delta`` is the radius of the probe, so one value (default 0.01, well inside the first-order
+regime for ρ ~ 0.05) fits any model size; the score is rescaled by ‖z‖ so λ keeps its meaning too.
+The probe forward and pass 1 draw the same dropout masks (the random generators are rewound); under
+autocast the finite difference is taken between two float32 forwards (one forward more), because a
+bfloat16 loss cannot resolve a difference of order δ‖∇f_i‖/√d.
+
+``score="exact"`` (beyond the paper): the directional derivative zᵀ∇f_i(w) computed exactly by
+forward-mode AD, in pass 1 itself (one dual forward replaces the probe forward): no δ, no cancellation,
+no precision loss (under autocast it is one float32 dual forward without a graph, beside pass 1).
+
+Under DistributedDataParallel, ``scope="local"`` (default) computes the weights over each rank's
 own batch; ``scope="global"`` over the global batch (the scores are all-gathered: B floats per rank);
 give every rank the same ``seed`` so that all ranks use the same probe. The probe is drawn before
 pass 1 (so the weights move only while no autograd graph holds them) and never touches BatchNorm
 running statistics.
 
 Choices the paper leaves UNCONFIRMED are options, with these defaults: the descent pass is uniform
-(``weighted_descent=False``); one probe (``n_probes=1``); ``z`` Rademacher with entries ±1, not
-rescaled (``normalize_probe=False``; with ``True``, ‖z‖ = 1 so ‖δz‖ = δ); the score is abs(Δℓ)/δ
-(``score="abs"``; ``"square"`` uses (Δℓ/δ)²); no standardisation of the scores before the softmax
-(``standardize=False``); no mixing with uniform weights (``mix=0``).
+(``weighted_descent=False``); one probe (``n_probes=1``); ``z`` Rademacher with entries ±1 and the
+score |zᵀ∇f_i| (``normalize_probe=True``: |uᵀ∇f_i| with ‖u‖ = 1); the score is used as is
+(``transform="abs"``; ``"square"`` uses its square); no standardisation of the scores before the
+softmax (``standardize=False``); no mixing with uniform weights (``mix=0``).
 
 References:
     Luo, Harandi, Phung, Le. Unveiling m-Sharpness Through the Structure of Stochastic Gradient Noise.
@@ -44,8 +55,7 @@ Example:
     >>> from sam_tutorial.optim import RWSAM
     >>> _ = torch.manual_seed(0)
     >>> model = torch.nn.Linear(3, 2)
-    >>> opt = RWSAM(model, torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05, lam=1.0,
-    ...             delta=1e-3, seed=0)
+    >>> opt = RWSAM(model, torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05, lam=1.0, seed=0)
     >>> x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
     >>> stats = opt.step(x, y, torch.nn.CrossEntropyLoss(reduction="none"))
     >>> opt.last_weights.shape, round(float(opt.last_weights.sum()), 6)
@@ -55,22 +65,30 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
+from torch.func import functional_call
 
-from sam_tutorial.optim.base import (
-    Inputs,
-    LossFn,
-    PerturbedOptimizer,
-    StepStats,
-    Targets,
+from sam_tutorial.optim._util import (
+    PerSampleModule,
+    batch_device,
+    check_choice,
+    check_int,
+    check_real,
     weights_changed,
 )
+from sam_tutorial.optim.base import PerturbedOptimizer, StepStats
+
+__all__ = ["PROBES", "RWSAM", "SCORES", "TRANSFORMS", "gibbs_weights"]
 
 PROBES = ("rademacher", "gaussian")
-SCORES = ("abs", "square")
+SCORES = ("finite-difference", "exact")
+TRANSFORMS = ("abs", "square")
 
 
 def gibbs_weights(scores: Tensor, lam: float) -> Tensor:
@@ -82,10 +100,13 @@ def gibbs_weights(scores: Tensor, lam: float) -> Tensor:
     >>> gibbs_weights(torch.tensor([0.0, 1.0]), 0.0)
     tensor([0.5000, 0.5000])
     """
-    if lam < 0 or not math.isfinite(lam):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    lam = check_real("lam", lam)
     dtype = scores.dtype if scores.dtype == torch.float64 else torch.float32
     return torch.softmax(scores.to(dtype) * lam, dim=-1)
+
+
+def _at_least_fp32(t: Tensor) -> Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 class RWSAM(PerturbedOptimizer):
@@ -96,24 +117,29 @@ class RWSAM(PerturbedOptimizer):
         base: any ``torch.optim.Optimizer`` instance over the model's parameters.
         rho: radius ρ >= 0.
         lam: inverse temperature λ >= 0 of the Gibbs weights (``0``: SAM).
-        delta: finite-difference step δ > 0.
+        delta: the probe radius ‖w⁺ − w‖ of the finite difference, a finite number > 0. It is a
+            radius, not a per-coordinate step, so the default 0.01 is valid for any model size (the
+            paper's δ·√d with δ = 0.01/√d). Unused with ``score="exact"``.
+        score: ``"finite-difference"`` (default, the paper's: one extra forward at w + δu) or
+            ``"exact"`` (zᵀ∇f_i by forward-mode AD inside pass 1; no δ, immune to low precision).
+        transform: ``"abs"`` for |zᵀ∇f_i| (default) or ``"square"`` for its square.
         normalize: RW-SAM (``True``) or its unnormalised form (``False``).
         weighted_descent: use the weights p in pass 2 too (default: uniform; UNCONFIRMED).
         probe: ``"rademacher"`` (default; least variance) or ``"gaussian"``.
-        normalize_probe: rescale z to unit norm (default ``False``: entries ±1).
-        n_probes: finite differences averaged per step (each one more forward; default 1).
-        score: ``"abs"`` for abs(Δℓ)/δ (default) or ``"square"`` for (Δℓ/δ)².
+        normalize_probe: score along the unit vector u = z/‖z‖ (default ``False``: along z itself).
+        n_probes: probes averaged per step (each one more forward; default 1).
         standardize: standardise the scores over the batch before the softmax.
-        mix: weight of the uniform distribution mixed into p, in [0, 1].
-        seed: seed of the probe generator (default: drawn from torch's global generator).
+        mix: weight of the uniform distribution mixed into p, a number in [0, 1].
+        seed: integer seed of the probe generator (default: drawn from torch's global generator).
         scaler: optional ``torch.amp.GradScaler`` (float16).
         skip_nonfinite: skip the whole step on a non-finite loss or gradient.
         scope: under ``DistributedDataParallel``, ``"local"`` (default) or ``"global"``; see
             ``sam_tutorial.optim.base`` (ignored for a model that is not DDP-wrapped).
+        max_grad_norm: clip the descent gradient to this norm before the base step (``None``: no).
 
-    After each step, ``last_weights`` holds p and ``last_scores`` the estimates ĝ (device
-    tensors). ``state_dict`` includes the probe generator's state, so a resumed run draws the same
-    probes as an uninterrupted one.
+    After each step, ``last_weights`` holds p and ``last_scores`` the scores (device tensors).
+    ``state_dict`` includes the probe generator's state, so a resumed run draws the same probes as an
+    uninterrupted one; a step that raises does not advance it.
     """
 
     def __init__(
@@ -123,19 +149,21 @@ class RWSAM(PerturbedOptimizer):
         *,
         rho: float,
         lam: float,
-        delta: float,
+        delta: float = 0.01,
+        score: str = "finite-difference",
+        transform: str = "abs",
         normalize: bool = True,
         weighted_descent: bool = False,
         probe: str = "rademacher",
         normalize_probe: bool = False,
         n_probes: int = 1,
-        score: str = "abs",
         standardize: bool = False,
         mix: float = 0.0,
         seed: int | None = None,
         scaler: torch.amp.GradScaler | None = None,
         skip_nonfinite: bool = True,
         scope: str | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -145,29 +173,29 @@ class RWSAM(PerturbedOptimizer):
             scaler=scaler,
             skip_nonfinite=skip_nonfinite,
             scope=scope,
+            max_grad_norm=max_grad_norm,
         )
-        if isinstance(lam, bool) or not isinstance(lam, int | float) or not lam >= 0 or lam == math.inf:
-            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-        if isinstance(delta, bool) or not isinstance(delta, int | float) or not delta > 0:
-            raise ValueError(f"delta must be a number > 0, got {delta!r}")
-        if probe not in PROBES:
-            raise ValueError(f"probe must be one of {', '.join(PROBES)}; got {probe!r}")
-        if score not in SCORES:
-            raise ValueError(f"score must be one of {', '.join(SCORES)}; got {score!r}")
-        if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
-            raise ValueError(f"n_probes must be an integer >= 1, got {n_probes!r}")
-        if not 0.0 <= mix <= 1.0:
-            raise ValueError(f"mix must be in [0, 1], got {mix!r}")
-        self.lam, self.delta = float(lam), float(delta)
-        self.weighted_descent = bool(weighted_descent)
-        self.probe, self.normalize_probe, self.n_probes = probe, bool(normalize_probe), n_probes
-        self.score, self.standardize, self.mix = score, bool(standardize), float(mix)
+        self.lam = check_real("lam", lam)
+        self.delta = check_real("delta", delta, strict=True)
+        self.score = check_choice("score", score, SCORES)
+        self.transform = check_choice("transform", transform, TRANSFORMS)
+        self.probe = check_choice("probe", probe, PROBES)
+        self.n_probes = check_int("n_probes", n_probes)
+        self.mix = check_real("mix", mix, high=1.0)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
-        self.seed = seed
+        self.seed = check_int("seed", seed, low=0)
+        if self.ddp and self.score == "exact":
+            raise ValueError(
+                "score='exact' does not run under DistributedDataParallel; use 'finite-difference'"
+            )
+        self.weighted_descent = bool(weighted_descent)
+        self.normalize_probe = bool(normalize_probe)
+        self.standardize = bool(standardize)
         self._generators: dict[torch.device, torch.Generator] = {}
         self._z: list[tuple[Tensor, list[Tensor]]] = []
         self._z_for: list[Any] | None = None
+        self._checked_resolution = False
         self.last_weights: Tensor | None = None
         self.last_scores: Tensor | None = None
 
@@ -177,10 +205,12 @@ class RWSAM(PerturbedOptimizer):
             self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[device]
 
-    def _draw_probe(self) -> list[tuple[Tensor, list[Tensor]]]:
-        """Fill one flat buffer per parameter group with z; return (flat, per-parameter views)."""
-        groups = self.groups()
-        if self._z_for is not groups:  # groups() returns a new list only when the parameters change
+    def _draw_probe(self) -> tuple[float, Tensor | float]:
+        """Fill one flat buffer per parameter group with a fresh direction v: z itself (Rademacher,
+        ‖v‖ = √d) or z/‖z‖ (Gaussian). Returns ‖v‖ and the factor that turns vᵀ∇f_i into the score's
+        scale (|zᵀ∇f_i|, or |uᵀ∇f_i| with ``normalize_probe``)."""
+        groups = self._groups
+        if self._z_for is not groups:  # a new list only when the parameters change
             self._z_for = groups
             self._z = []
             for g in groups:
@@ -197,42 +227,110 @@ class RWSAM(PerturbedOptimizer):
                 flat.random_(0, 2, generator=gen).mul_(2).sub_(1)  # 4x faster than bernoulli_
             else:
                 flat.normal_(generator=gen)
-        if self.normalize_probe:
-            norm = torch.linalg.vector_norm(
-                torch.stack([
-                    torch.linalg.vector_norm(f, dtype=torch.promote_types(f.dtype, torch.float32))
-                    .to(self._z[0][0].device)
-                    for f, _ in self._z
-                ])
-            )
-            for flat, _ in self._z:
-                flat.div_(norm.to(flat.device))
-        return self._z
+        if self.probe == "rademacher":
+            root_d = math.sqrt(sum(f.numel() for f, _ in self._z))
+            return root_d, 1.0 / root_d if self.normalize_probe else 1.0
+        device = self._z[0][0].device
+        norm = torch.linalg.vector_norm(torch.stack([
+            torch.linalg.vector_norm(f, dtype=torch.promote_types(f.dtype, torch.float32)).to(device)
+            for f, _ in self._z
+        ]))
+        for flat, _ in self._z:
+            flat.div_(norm.to(flat.device))
+        return 1.0, 1.0 if self.normalize_probe else norm
 
-    def probe_losses(self, inputs: Inputs, targets: Targets, loss_fn: LossFn, n: int) -> Tensor:
-        """Per-sample losses f_i(w + δz) for each of ``n_probes`` fresh probes, shape [n_probes, n].
-
-        The weights and the model's buffers are exactly as before when this returns.
-        """
-        out = []
-        self.save_weights()
+    def _probe_losses(self, batch: Any, n: int, step: float) -> Tensor:
+        """Per-sample losses at w + step·v (no grad), with the step's dropout masks; weights and
+        buffers are exactly as before when this returns."""
         with torch.no_grad():
-            for _ in range(self.n_probes):
-                for g, (_, views) in zip(self.groups(), self._draw_probe()):
-                    torch._foreach_add_(g.params, views, alpha=self.delta)
-                weights_changed()
-                try:
-                    out.append(self.forward_losses(inputs, targets, loss_fn, n))
-                finally:
-                    self.restore_weights()
-                    self._restore_buffers(before_step=True)
-        return torch.stack(out)
+            for g, (_, views) in zip(self._groups, self._z):
+                torch._foreach_add_(g.params, views, alpha=step)
+            weights_changed()
+            try:
+                return self._fp32_losses(batch, n)
+            finally:
+                self._restore_weights()
+                self._restore_buffers(before_step=True)
 
-    def weights(self, losses: Tensor, plus: Tensor) -> Tensor:
-        """Gibbs weights from per-sample losses at w and at w + δz (one row per probe)."""
-        diff = (plus - losses.unsqueeze(0)) / self.delta
-        scores = (diff.abs() if self.score == "abs" else diff.square()).mean(0)
-        self.last_scores = scores
+    def _fp32_losses(self, batch: Any, n: int) -> Tensor:
+        """Losses without grad from the step's starting random state; float32 under autocast."""
+        assert self._rng_at_start is not None
+        self._rng_at_start.restore()
+        device_type = batch_device(batch).type
+        with torch.no_grad(), torch.autocast(device_type, enabled=False):
+            return _at_least_fp32(self._losses(batch, n))
+
+    def _dual_losses(self, batch: Any, n: int) -> tuple[Tensor, Tensor]:
+        """Per-sample losses at w and their directional derivatives vᵀ∇f_i, in one dual forward."""
+        assert self._per_sample is not None
+        module = PerSampleModule(self.model, self._per_sample)
+        tangent = {id(p): v for g, (_, views) in zip(self._groups, self._z) for p, v in zip(g.params, views)}
+        with fwAD.dual_level(), warnings.catch_warnings():
+            # torch registers its forward-AD decompositions with torch.jit.script on first use
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+            duals = {name: fwAD.make_dual(p, tangent[id(p)]) for name, p in module.named_parameters()
+                     if id(p) in tangent}
+            out = functional_call(module, duals, (batch,), strict=False)
+            if not isinstance(out, Tensor) or out.shape != (n,):
+                raise ValueError(
+                    f"loss_fn must return one loss per sample, shape ({n},); use reduction='none'"
+                )
+            losses, derivative = fwAD.unpack_dual(out)
+        if derivative is None:
+            raise ValueError("score='exact': the losses do not depend on the trainable parameters")
+        return losses, _at_least_fp32(derivative.detach())
+
+    def _pass1_and_scores(self, batch: Any, n: int) -> tuple[Tensor, Tensor]:
+        """Pass 1's per-sample losses (with a graph) and the scores [n], every probe forward drawing the
+        same dropout masks as pass 1 and leaving weights and buffers as they were."""
+        assert self._rng_at_start is not None
+        device_type = batch_device(batch).type
+        autocast = torch.is_autocast_enabled(device_type)
+        rows: list[Tensor] = []
+        losses: Tensor | None = None
+        plus: list[tuple[Tensor, float, Tensor | float]] = []
+        for j in range(self.n_probes):
+            root, factor = self._draw_probe()
+            if self.score == "finite-difference":
+                plus.append((self._probe_losses(batch, n, self.delta / root), root, factor))
+            elif j == 0 and not autocast:  # the dual forward is pass 1
+                self._rng_at_start.restore()
+                losses, d = self._dual_losses(batch, n)
+                rows.append(d * factor)
+            else:  # one float32 dual forward without a graph
+                self._rng_at_start.restore()
+                with torch.no_grad(), torch.autocast(device_type, enabled=False):
+                    rows.append(self._dual_losses(batch, n)[1] * factor)
+                self._restore_buffers(before_step=True)
+        reference = None
+        if plus and autocast:  # a bfloat16 loss cannot resolve the difference: both ends in float32
+            reference = self._fp32_losses(batch, n)
+            self._restore_buffers(before_step=True)
+        if losses is None:
+            self._rng_at_start.restore()  # pass 1 draws the probe's dropout masks
+            losses = self._losses(batch, n)
+        if plus:
+            ref = reference if reference is not None else _at_least_fp32(losses.detach())
+            self._check_resolution(plus[0][0], ref)
+            rows = [(up - ref) * (root / self.delta) * factor for up, root, factor in plus]
+        scores = torch.stack([r.abs() if self.transform == "abs" else r.square() for r in rows]).mean(0)
+        return losses, scores
+
+    def _check_resolution(self, plus: Tensor, reference: Tensor) -> None:
+        """Once: warn if the probe moved no loss at all (delta below the losses' resolution)."""
+        if self._checked_resolution:
+            return
+        self._checked_resolution = True  # one host synchronisation, on the first step only
+        if bool((plus == reference).all()):
+            warnings.warn(
+                f"RWSAM: delta={self.delta:g} changes no per-sample loss at all in {plus.dtype}: every score "
+                "is 0 and the step is plain SAM. Use a larger delta or score='exact'.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def _weights_from_scores(self, scores: Tensor) -> Tensor:
+        """Gibbs weights p = softmax(λ·scores) (standardised, mixed with uniform as configured)."""
         if self.standardize:
             scores = (scores - scores.mean()) / (scores.std(correction=0) + 1e-12)
         p = gibbs_weights(scores, self.lam)
@@ -241,46 +339,41 @@ class RWSAM(PerturbedOptimizer):
         return p
 
     # ------------------------------------------------------------------ step
-    def _perturbed_step(
-        self, inputs: Inputs, targets: Targets, loss_fn: LossFn, n: int
-    ) -> StepStats:
-        plus = self.probe_losses(inputs, targets, loss_fn, n)
-        with self.ascent_context():
-            losses = self.forward_losses(inputs, targets, loss_fn, n)
+    def _perturbed_step(self, batch: Any, n: int) -> StepStats:
+        with self._ascent_context():
+            losses, scores = self._pass1_and_scores(batch, n)
+            self.last_scores = scores
             self.zero_grad()
             if self.scope == "global":
-                p, factor = self._global_weights(losses.detach(), plus)
+                p, factor = self._global_weights(scores)
             else:
-                p, factor = self.weights(losses.detach(), plus).detach(), 1.0
+                p, factor = self._weights_from_scores(scores).detach(), 1.0
             self.last_weights = p
-            self.backward((p.to(losses.dtype) * losses).sum() * factor)
-        gnorm = self.grad_norm()
-        self.save_buffers()  # the weights backup still holds w: probe_losses saved and restored it
-        scale = self.perturbation_scale(gnorm)
-        self.perturb(scale)
+            self._backward((p.to(losses.dtype) * losses).sum() * factor)
+        gnorm = self._grad_norm()
+        self._save_buffers()
+        scale = self._perturbation_scale(gnorm)
+        self._perturb(scale)
         self.zero_grad()
-        losses2 = self.forward_losses(inputs, targets, loss_fn, n)
+        losses2 = self._losses(batch, n)
         loss2 = losses2.mean()
         loss = losses.detach().mean()
-        ok = torch.isfinite(loss) & torch.isfinite(gnorm) & torch.isfinite(plus).all()
+        finite = torch.isfinite(loss) & torch.isfinite(gnorm) & torch.isfinite(scores).all()
         descent = (p.to(losses2.dtype) * losses2).sum() * factor if self.weighted_descent else loss2
-        self.backward(self.poison_unless(descent, ok))
-        ok = ok & torch.isfinite(loss2)
-        skipped = self.finish(ok)
-        return StepStats(loss, loss2.detach(), self.unscaled(gnorm), scale * gnorm, skipped)
+        self._backward(self._nan_unless(descent, finite))
+        skipped = self._restore_and_step(finite & torch.isfinite(loss2))
+        return StepStats(loss, loss2.detach(), self._unscaled(gnorm), scale * gnorm, skipped)
 
-    def _global_weights(self, losses: Tensor, plus: Tensor) -> tuple[Tensor, float]:
+    def _global_weights(self, scores: Tensor) -> tuple[Tensor, float]:
         """Gibbs weights over the global batch (DDP, ``scope="global"``): this rank's slice, and the
         factor that undoes DDP's averaging over ranks so the all-reduced gradient is Σ_all p_i ∇f_i."""
         import torch.distributed as dist
 
         world, rank = dist.get_world_size(), dist.get_rank()
-        local = torch.cat([losses.unsqueeze(0), plus])  # [1 + n_probes, B]
-        gathered = [torch.empty_like(local) for _ in range(world)]
-        dist.all_gather(gathered, local)
-        everything = torch.cat(gathered, dim=1)
-        p = self.weights(everything[0], everything[1:]).detach()
-        b = losses.numel()
+        gathered = [torch.empty_like(scores) for _ in range(world)]
+        dist.all_gather(gathered, scores.contiguous())
+        p = self._weights_from_scores(torch.cat(gathered)).detach()
+        b = scores.numel()
         return p[rank * b : (rank + 1) * b], float(world)
 
     # ------------------------------------------------------------------ state
@@ -290,7 +383,14 @@ class RWSAM(PerturbedOptimizer):
             "probe_rng": {str(d): g.get_state() for d, g in self._generators.items()},
         }
 
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
+    def _check_extra_state(self, state: Any) -> None:
+        super()._check_extra_state(state)
+        rngs = state.get("probe_rng", {})
+        if not isinstance(rngs, Mapping) or not all(isinstance(v, Tensor) for v in rngs.values()):
+            raise ValueError("state_dict['sam']['probe_rng'] must map device names to generator states")
+        check_int("state_dict['sam']['seed']", state.get("seed", self.seed), low=0)
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
         self.seed = int(state.get("seed", self.seed))
         self._generators = {}
         for dev, rng in state.get("probe_rng", {}).items():

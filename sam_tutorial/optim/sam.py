@@ -38,11 +38,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from sam_tutorial.optim.base import Inputs, LossFn, PerturbedOptimizer, StepStats, Targets
+from sam_tutorial.optim._util import check_real
+from sam_tutorial.optim.base import PerturbedOptimizer, StepStats
+
+__all__ = ["SAM"]
 
 
 class SAM(PerturbedOptimizer):
@@ -55,22 +59,21 @@ class SAM(PerturbedOptimizer):
         normalize: SAM (``True``) or USAM (``False``).
         adaptive: ASAM's element-wise scaling T = abs(w) + ``adaptive_eps`` (ρ is then typically ~10x
             larger).
-        adaptive_eps: the η of ASAM's T (Kwon et al. use 0.01).
+        adaptive_eps: the η of ASAM's T (Kwon et al. use 0.01), a finite number >= 0.
         scaler: optional ``torch.amp.GradScaler`` (float16).
         skip_nonfinite: skip the whole step on a non-finite loss or gradient.
         scope: under ``DistributedDataParallel``, ``"local"`` (default) or ``"global"``; see
             ``sam_tutorial.optim.base`` (ignored for a model that is not DDP-wrapped).
+        max_grad_norm: clip the descent gradient to this norm before the base step (``None``: no).
 
     Three ways to drive it:
 
-    * ``opt.step(inputs, targets, loss_fn)`` runs both passes (``loss_fn`` returns per-sample losses);
-    * ``opt.step(closure)``, the torch closure contract: the closure zeroes the gradients, computes the
-      loss, calls ``backward`` and returns the loss; SAM calls it at w and at w + e and returns the
-      first loss;
+    * ``opt.step(inputs, targets, loss_fn)`` (or ``opt.step(batch, loss_fn)``) runs both passes;
+    * ``opt.step(closure)`` or ``opt.step(closure=closure)``, the torch closure contract: the closure
+      computes the loss, calls ``backward`` and returns the loss (SAM zeroes the gradients before each
+      call); SAM calls it at w and at w + e and returns the first loss;
     * by hand: ``loss.backward(); opt.first_step(); loss_at_w_plus_e.backward(); opt.second_step()``.
     """
-
-    _supports_closure = True
 
     def __init__(
         self,
@@ -84,6 +87,7 @@ class SAM(PerturbedOptimizer):
         scaler: torch.amp.GradScaler | None = None,
         skip_nonfinite: bool = True,
         scope: str | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -93,12 +97,11 @@ class SAM(PerturbedOptimizer):
             scaler=scaler,
             skip_nonfinite=skip_nonfinite,
             scope=scope,
+            max_grad_norm=max_grad_norm,
         )
-        if adaptive_eps < 0:
-            raise ValueError(f"adaptive_eps must be >= 0, got {adaptive_eps!r}")
         self.adaptive = bool(adaptive)
-        self.adaptive_eps = float(adaptive_eps)
-        self._pending: tuple[Tensor, Tensor] | None = None
+        self.adaptive_eps = check_real("adaptive_eps", adaptive_eps)
+        self._pending: Tensor | None = None
 
     # ------------------------------------------------------------ hand-written loops
     def first_step(self, zero_grad: bool = True) -> Tensor:
@@ -106,65 +109,92 @@ class SAM(PerturbedOptimizer):
 
         Saves the weights and the model's buffers (so BatchNorm statistics of the next pass are undone
         by ``second_step``). Returns ||e|| as a 0-d tensor.
+
+        Raises:
+            RuntimeError: if a first step is already pending, or no parameter has a gradient.
         """
-        gnorm = self.grad_norm(self.adaptive_eps if self.adaptive else None)
-        self.save_weights()
-        self.save_buffers()
-        scale = self.perturbation_scale(gnorm)
-        self.perturb(scale, self.adaptive_eps if self.adaptive else None)
-        self._pending = (gnorm, scale * gnorm)
+        self._check_not_pending()
+        groups = self._refresh_groups()
+        if not self._grads():
+            raise RuntimeError("first_step(): no parameter has a gradient; call loss.backward() at w first")
+        self._scale = self._current_scale(groups[0].params[0].device)
+        self._save_weights()
+        self._save_buffers()
+        self._save_buffers(before_step=True)  # a skipped step keeps the buffers pass 1 left
+        gnorm, enorm = self._ascend()
+        self._pending = gnorm
         if zero_grad:
             self.zero_grad()
-        return scale * gnorm
+        return enorm
 
     def second_step(self, zero_grad: bool = False) -> Tensor:
         """Return to w (exactly), restore the buffers, and take the base step with the gradients now in
         ``.grad`` (from a backward pass at w + e). Returns ``skipped`` as a 0-d bool tensor."""
         if self._pending is None:
             raise RuntimeError("second_step() called without first_step()")
-        gnorm, _ = self._pending
-        self._pending = None
-        skipped = self.finish(torch.isfinite(gnorm))
+        gnorm, self._pending = self._pending, None
+        skipped = self._restore_and_step(torch.isfinite(gnorm))
         if zero_grad:
             self.zero_grad()
         return skipped
 
+    def _ascend(self) -> tuple[Tensor, Tensor]:
+        """w <- w + e from the pass-1 gradients in ``.grad``; returns (||g||, ||e||)."""
+        eps = self.adaptive_eps if self.adaptive else None
+        gnorm = self._grad_norm(eps)
+        scale = self._perturbation_scale(gnorm)
+        self._perturb(scale, eps)
+        # ASAM's ||e|| = rho ||T^2 g|| / ||T g|| is not rho: measure it (the gradients now hold e)
+        return gnorm, self._grad_norm() if self.adaptive else scale * gnorm
+
     # ------------------------------------------------------------ the two step forms
-    def _perturbed_step(
-        self, inputs: Inputs, targets: Targets, loss_fn: LossFn, n: int
-    ) -> StepStats:
-        with self.ascent_context():
-            loss = self.forward_losses(inputs, targets, loss_fn, n).mean()
+    def _perturbed_step(self, batch: Any, n: int) -> StepStats:
+        with self._ascent_context():
+            loss = self._losses(batch, n).mean()
             self.zero_grad()
-            self.backward(loss)
-        enorm = self.first_step()
-        gnorm = self._pending[0]  # type: ignore[index]
-        loss2 = self.forward_losses(inputs, targets, loss_fn, n).mean()
-        self.backward(self.poison_unless(loss2, torch.isfinite(loss) & torch.isfinite(gnorm)))
-        self._pending = None
-        skipped = self.finish(torch.isfinite(loss) & torch.isfinite(loss2) & torch.isfinite(gnorm))
-        return StepStats(loss.detach(), loss2.detach(), self.unscaled(gnorm), enorm, skipped)
+            self._backward(loss)
+        self._save_buffers()
+        gnorm, enorm = self._ascend()
+        self.zero_grad()
+        loss2 = self._losses(batch, n).mean()
+        finite = torch.isfinite(loss) & torch.isfinite(gnorm)
+        self._backward(self._nan_unless(loss2, finite))
+        skipped = self._restore_and_step(finite & torch.isfinite(loss2))
+        return StepStats(loss.detach(), loss2.detach(), self._unscaled(gnorm), enorm, skipped)
 
     def _closure_step(self, closure: Callable[[], Tensor]) -> Tensor:
         if self.scaler is not None:
-            raise ValueError("step(closure) does not support scaler=; use step(inputs, targets, ...)")
-        with torch.enable_grad(), self.ascent_context() if self.rho else nullcontext():
-            loss = closure()
-        if self.rho == 0.0:
-            self.save_weights()
-            ok = torch.isfinite(self.grad_norm())
-            if isinstance(loss, Tensor):
-                ok = ok & torch.isfinite(loss.detach()).all()
-            self.base_step(ok)
-            return loss
-        self.first_step(zero_grad=False)
-        with torch.enable_grad():
+            raise ValueError("step(closure) does not support scaler=; use step(inputs, targets, loss_fn)")
+        if not callable(closure):
+            raise ValueError(f"closure must be callable, got {type(closure).__name__}")
+        device = self._refresh_groups()[0].params[0].device
+        with torch.enable_grad(), self._transaction(device):
+            self.zero_grad()
+            with self._ascent_context() if self.rho else nullcontext():
+                loss = closure()
+            self._check_closure_grads()
+            finite = self._finite(loss)
+            if self.rho == 0.0:
+                self._base_step(finite & torch.isfinite(self._grad_norm()))
+                return loss
+            self._save_buffers()
+            gnorm, _ = self._ascend()
+            self.zero_grad()
             loss2 = closure()
-        gnorm, _ = self._pending  # type: ignore[misc]
-        self._pending = None
-        ok = torch.isfinite(gnorm)
-        for value in (loss, loss2):
-            if isinstance(value, Tensor):
-                ok = ok & torch.isfinite(value.detach()).all()
-        self.finish(ok)
+            self._check_closure_grads()
+            self._restore_and_step(finite & torch.isfinite(gnorm) & self._finite(loss2))
         return loss
+
+    def _check_closure_grads(self) -> None:
+        if not self._grads():
+            raise ValueError(
+                "the closure produced no gradient: it must compute the loss, call loss.backward() and "
+                "return the loss"
+            )
+
+    def _finite(self, loss: Any) -> Tensor:
+        device = self._groups[0].params[0].device
+        if isinstance(loss, Tensor):
+            return torch.isfinite(loss.detach()).all().to(device)
+        return torch.ones((), dtype=torch.bool, device=device)
+

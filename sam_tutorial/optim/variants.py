@@ -40,7 +40,9 @@ def variant_of(label: str) -> str:
     for name in sorted(VARIANTS, key=len, reverse=True):
         if key == name or key.startswith(name + "-"):
             return name
-    raise ValueError(f"label {label!r} does not start with a variant name; valid names: {', '.join(VARIANTS)}")
+    raise ValueError(
+        f"label {label!r} does not start with a variant name; valid names: {', '.join(VARIANTS)}"
+    )
 
 
 def display_name(label: str) -> str:

@@ -21,7 +21,8 @@ def test_ratios_are_the_quotients_of_the_times() -> None:
 def test_variants_cover_the_family_and_skip_m_not_dividing_b() -> None:
     data = (torch.zeros(8, 3), torch.zeros(8, dtype=torch.long))
     names = set(bench.variants(16, (64, 8, 3), ("loop", "vmap"), data))
-    assert names == {"sgd", "sam", "usam", "n-sam", "rw-sam", "m-sam-m8-loop", "m-sam-m8-vmap"}
+    assert names == {"sgd", "sam", "usam", "n-sam", "rw-sam", "rw-sam-exact", "m-sam-m8-loop",
+                     "m-sam-m8-vmap"}
 
 
 def test_time_steps_times_every_variant_on_its_own_copy() -> None:
@@ -32,7 +33,8 @@ def test_time_steps_times_every_variant_on_its_own_copy() -> None:
     data = (x, y)
     times = bench.time_steps(model, x, y, bench.variants(8, (4,), ("loop", "vmap"), data), rounds=2,
                              warmup=1)
-    assert set(times) == {"sgd", "sam", "usam", "n-sam", "rw-sam", "m-sam-m4-loop", "m-sam-m4-vmap"}
+    assert set(times) == {"sgd", "sam", "usam", "n-sam", "rw-sam", "rw-sam-exact", "m-sam-m4-loop",
+                          "m-sam-m4-vmap"}
     assert all(t > 0 for t in times.values())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the model is untouched
     with pytest.raises(ValueError, match="rounds must be >= 1"):
