@@ -59,24 +59,19 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from sam_tutorial.optim._checks import check_base_state, check_grad_mode, check_model_and_base, task
+from sam_tutorial.optim._engine import Engine
 from sam_tutorial.optim._util import (
-    EPS,
     Group,
     PerSampleLoss,
     RNGState,
-    TargetsForm,
     batch_device,
     batch_size,
-    bitwise_select_,
     check_real,
     check_rho,
-    weights_changed,
 )
 
 __all__ = ["EXTRA_KEY", "SCOPES", "PerturbedOptimizer", "StepStats"]
-
-GradPairs = list[tuple[list[Tensor], list[Tensor]]]
-"""Per (device, dtype) group: the parameters and their gradients."""
 
 SCOPES = ("local", "global")
 """Perturbation scopes under DistributedDataParallel."""
@@ -103,7 +98,7 @@ class StepStats(NamedTuple):
     skipped: Tensor
 
 
-class PerturbedOptimizer(torch.optim.Optimizer):
+class PerturbedOptimizer(Engine, torch.optim.Optimizer):
     """Base class of SAM, NSAM, MSAM and RWSAM: owns the passes, the buffers and the base step.
 
     Public surface: ``step``, ``zero_grad``, ``state_dict``, ``load_state_dict``, ``add_param_group``,
@@ -162,7 +157,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         scope: str | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
-        _check_model_and_base(model, base)
+        check_model_and_base(model, base)
         if scope is not None and scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)} (or None); got {scope!r}")
         rho = check_rho(rho)
@@ -242,11 +237,14 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                                  "not both")
             self._check_not_pending()
             return self._closure_step(closure)
-        batch, self._per_sample = self._task(inputs, targets, loss_fn)
+        batch, self._per_sample = task(
+            type(self).__name__, type(self)._closure_step is not PerturbedOptimizer._closure_step,
+            inputs, targets, loss_fn,
+        )
         n = batch_size(batch)
         self._check_not_pending()
         self._check_batch(n)
-        _check_grad_mode()
+        check_grad_mode()
         with torch.enable_grad(), self._transaction(batch_device(batch)):
             if self.rho == 0.0:
                 return self._plain_step(batch, n)
@@ -294,7 +292,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 "state_dict must come from a SAM-family or torch optimizer's state_dict() (keys 'state', "
                 f"'param_groups'); got keys {sorted(sd)}"
             )
-        self._check_base_state(base_sd)
+        check_base_state(self.base, base_sd)
         self._check_extra_state(extra)
         self.base.load_state_dict(base_sd)
         self._load_extra_state(extra)
@@ -335,76 +333,12 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         pass
 
     # ----------------------------------------------------------------- checks
-    def _task(self, inputs: Any, targets: Any, loss_fn: Any) -> tuple[Any, PerSampleLoss]:
-        """The batch and ``fn(model, batch) -> per-sample losses`` for either form of ``step``."""
-        if loss_fn is None and callable(targets) and not isinstance(targets, Tensor):
-            loss_fn, targets = targets, None
-        if inputs is None:
-            raise ValueError(
-                f"{type(self).__name__}.step() needs the batch: step(inputs, targets, loss_fn) or "
-                "step(batch, loss_fn) with loss_fn(model, batch) -> per-sample losses"
-                + ("; or a closure" if type(self)._closure_step is not PerturbedOptimizer._closure_step
-                   else "")
-                + ". GradScaler.step(opt) and Trainer-style opt.step() cannot drive it: pass scaler= "
-                "to the constructor and call opt.step(...) with the batch."
-            )
-        if loss_fn is None:
-            raise ValueError(f"{type(self).__name__}.step: loss_fn is missing (one loss per sample)")
-        if not callable(loss_fn):
-            raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-        if targets is None:
-            if isinstance(loss_fn, nn.modules.loss._Loss):
-                raise ValueError(
-                    f"loss_fn {type(loss_fn).__name__} takes (outputs, targets): call "
-                    "step(inputs, targets, loss_fn), or give a loss_fn(model, batch)"
-                )
-            return inputs, loss_fn
-        n, nt = batch_size(inputs, "inputs"), batch_size(targets, "targets")
-        if n != nt:
-            raise ValueError(f"targets has {nt} samples but inputs has {n}; they must match")
-        return (inputs, targets), TargetsForm(loss_fn)
-
     def _check_not_pending(self) -> None:
         if getattr(self, "_pending", None) is not None:
             raise RuntimeError(
                 "first_step() is pending (the weights are at w + e): call second_step() before another "
                 "first_step() or step()"
             )
-
-    def _check_base_state(self, sd: Mapping[str, Any]) -> None:
-        """Refuse a base checkpoint of another kind of optimizer or of another architecture."""
-        groups, state = sd.get("param_groups"), sd.get("state")
-        if not isinstance(groups, list) or not isinstance(state, Mapping):
-            raise ValueError("state_dict['param_groups'] must be a list and state_dict['state'] a dict")
-        if len(groups) != len(self.base.param_groups):
-            raise ValueError(
-                f"the checkpoint has {len(groups)} parameter groups, this optimizer "
-                f"{len(self.base.param_groups)}"
-            )
-        ids: dict[Any, Tensor] = {}
-        for i, (saved, cur) in enumerate(zip(groups, self.base.param_groups)):
-            if not isinstance(saved, Mapping) or len(saved.get("params", ())) != len(cur["params"]):
-                raise ValueError(f"parameter group {i} of the checkpoint has another number of parameters")
-            unknown = sorted(set(saved) - set(cur))
-            if unknown:
-                raise ValueError(
-                    f"the checkpoint's parameter groups have settings {unknown} that this "
-                    f"{type(self.base).__name__} does not have: it was saved by another kind of base "
-                    "optimizer"
-                )
-            ids.update(zip(saved["params"], cur["params"]))
-        for pid, st in state.items():
-            p = ids.get(pid)
-            if p is None or not isinstance(st, Mapping):
-                raise ValueError(f"the checkpoint has state for a parameter id {pid!r} it does not list")
-            for key, v in st.items():
-                if isinstance(v, Tensor) and v.ndim > 0 and v.shape != p.shape and (
-                    v.ndim == p.ndim or v.numel() == p.numel()
-                ):
-                    raise ValueError(
-                        f"state {key!r} of a parameter has shape {tuple(v.shape)} but the parameter has "
-                        f"{tuple(p.shape)}: the checkpoint is of another architecture"
-                    )
 
     # ----------------------------------------------------------------- the step's frame
     @contextmanager
@@ -481,273 +415,3 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         if not self.ddp:
             return loss
         return loss * torch.where(finite, 1.0, float("nan")).to(loss.dtype)
-
-    # ----------------------------------------------------------------- weights
-    def _refresh_groups(self) -> list[Group]:
-        """Trainable parameters grouped by (device, dtype); rebuilt when a parameter is added or its
-        ``requires_grad`` changes (layers unfrozen during fine-tuning are followed)."""
-        key = tuple((id(p), p.requires_grad) for g in self.param_groups for p in g["params"])
-        if key != self._groups_key:
-            by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-            for g in self.param_groups:
-                for p in g["params"]:
-                    if p.requires_grad:
-                        by_kind.setdefault((p.device, p.dtype), []).append(p)
-            if not by_kind:
-                raise ValueError(
-                    "no parameter of the base optimizer requires grad: there is nothing to train "
-                    "(unfreeze some, or give the base optimizer the trainable parameters)"
-                )
-            self._groups = [Group(ps) for ps in by_kind.values()]
-            self._groups_key = key
-            self._make_capturable()
-        return self._groups
-
-    def _make_capturable(self) -> None:
-        """On CUDA, keep step counters on the device (``capturable=True``) so a skip needs no sync."""
-        for g in self.param_groups:
-            if g.get("capturable") is False and any(p.device.type == "cuda" for p in g["params"]):
-                g["capturable"] = True
-                for p in g["params"]:
-                    for k, v in self.base.state.get(p, {}).items():
-                        if isinstance(v, Tensor) and v.device != p.device:
-                            self.base.state[p][k] = v.to(p.device)
-
-    def _save_weights(self) -> None:
-        with torch.no_grad():
-            for g in self._groups:
-                g.save()
-
-    def _restore_weights(self) -> None:
-        with torch.no_grad():
-            for g in self._groups:
-                g.restore()
-        weights_changed()
-
-    def _grads(self) -> GradPairs:
-        """Per group, the parameters that have a ``.grad`` and their gradients."""
-        out: GradPairs = []
-        for g in self._groups:
-            pairs = [(p, p.grad) for p in g.params if p.grad is not None]
-            if pairs:
-                out.append(([p for p, _ in pairs], [d for _, d in pairs if d is not None]))
-        return out
-
-    def _group_grads(self, grads: tuple[Tensor | None, ...]) -> GradPairs:
-        """Group gradients given in ``_flat_params()`` order (e.g. from ``torch.autograd.grad``)."""
-        out: GradPairs = []
-        i = 0
-        for g in self._groups:
-            chunk = grads[i : i + len(g.params)]
-            i += len(g.params)
-            ps = [p for p, d in zip(g.params, chunk) if d is not None]
-            ds = [d for d in chunk if d is not None]
-            if ps:
-                out.append((ps, ds))
-        return out
-
-    def _flat_params(self) -> list[Tensor]:
-        """The trainable parameters, group after group."""
-        return [p for g in self._groups for p in g.params]
-
-    def _grad_norm(self, adaptive_eps: float | None = None, pairs: GradPairs | None = None) -> Tensor:
-        """Global L2 norm ||g|| of the gradients, accumulated in float32 (float64 for float64).
-
-        Args:
-            adaptive_eps: if given (ASAM), the norm of T g with T = abs(w) + adaptive_eps.
-            pairs: (params, grads) per group; default: the ``.grad`` of every parameter.
-        """
-        norms: list[Tensor] = []
-        device = None
-        for ps, gs in self._grads() if pairs is None else pairs:
-            device = device or gs[0].device
-            if adaptive_eps is not None:
-                gs = list(torch._foreach_mul(torch._foreach_add(torch._foreach_abs(ps), adaptive_eps), gs))
-            acc = torch.promote_types(gs[0].dtype, torch.float32)
-            if acc.is_complex:
-                acc = torch.float64 if acc == torch.complex128 else torch.float32
-            norms.extend(n.to(device) for n in torch._foreach_norm(gs, 2, dtype=acc))
-        if not norms:
-            raise ValueError("no parameter received a gradient; does the loss depend on the parameters?")
-        return torch.linalg.vector_norm(torch.stack(norms))
-
-    def _perturb(self, scale: Tensor, adaptive_eps: float | None = None,
-                 pairs: GradPairs | None = None) -> None:
-        """w <- w + scale * g (ASAM: w <- w + scale * T^2 g with T = abs(w) + adaptive_eps).
-
-        The gradients are scaled in place: afterwards they hold e.
-        """
-        with torch.no_grad():
-            for ps, gs in self._grads() if pairs is None else pairs:
-                if adaptive_eps is not None:
-                    t = torch._foreach_add(torch._foreach_abs(ps), adaptive_eps)
-                    torch._foreach_mul_(gs, t)
-                    torch._foreach_mul_(gs, t)
-                torch._foreach_mul_(gs, scale.to(gs[0].device))
-                torch._foreach_add_(ps, gs)
-        weights_changed()
-
-    def _perturbation_scale(self, gnorm: Tensor) -> Tensor:
-        """rho/||g|| (SAM) or rho (USAM), as a 0-d float32 device tensor; unscales AMP gradients."""
-        if self.normalize:
-            return self.rho / (gnorm + EPS)
-        scale = torch.full_like(gnorm, self.rho)
-        return scale / self._scale.to(scale) if self._scale is not None else scale
-
-    def _unscaled(self, gnorm: Tensor) -> Tensor:
-        """A norm of AMP-scaled gradients, divided by this step's scale (unchanged without a scaler)."""
-        return gnorm / self._scale.to(gnorm) if self._scale is not None else gnorm
-
-    def _restore_and_step(self, finite: Tensor) -> Tensor:
-        """After the descent backward at w + e: restore w and the buffers after pass 1, then the guarded
-        base step. ``finite`` says whether the losses and the ascent gradient were finite; the descent
-        gradient is checked here. Returns ``skipped``."""
-        self._restore_weights()
-        self._restore_buffers()
-        if self.scaler is None:
-            finite = finite & torch.isfinite(self._grad_norm())
-        return self._base_step(finite)
-
-    # ----------------------------------------------------------------- buffers
-    def _model_buffers(self) -> list[Tensor]:
-        bufs = list(self.model.buffers())
-        if len(bufs) != len(self._buffers) or any(a is not b for a, b in zip(bufs, self._buffers)):
-            self._buffers = bufs
-            self._buf_after_pass1 = [b.clone() for b in bufs]
-            self._buf_before_step = [b.clone() for b in bufs]
-        return self._buffers
-
-    def _save_buffers(self, before_step: bool = False) -> None:
-        """Remember the model's buffers: as pass 1 left them, or (``before_step``) as the step found them."""
-        bufs = self._model_buffers()
-        if bufs:
-            with torch.no_grad():
-                torch._foreach_copy_(self._buf_before_step if before_step else self._buf_after_pass1, bufs)
-
-    def _restore_buffers(self, before_step: bool = False) -> None:
-        """Put back the buffers saved by ``_save_buffers`` (undo any later pass's updates)."""
-        if self._buffers:
-            with torch.no_grad():
-                torch._foreach_copy_(
-                    self._buffers, self._buf_before_step if before_step else self._buf_after_pass1
-                )
-
-    # ----------------------------------------------------------------- the base step
-    def _base_step(self, finite: Tensor) -> Tensor:
-        """The base optimizer's step, taken only if ``finite``; returns ``skipped`` as a device tensor.
-
-        A skipped step changes nothing: parameters, the base optimizer's state and the model's buffers
-        are as before the step. Expects the weights backup to hold the current weights.
-        """
-        try:
-            if self.scaler is not None:
-                skipped = self._scaled_base_step(finite)
-            elif not self.skip_nonfinite:
-                self._clip()
-                self.base.step()
-                self._base_done = True
-                return ~finite
-            else:
-                skipped = self._guarded_base_step(finite)
-            if self._buffers:
-                with torch.no_grad():
-                    bitwise_select_(~skipped, self._buffers, self._buf_before_step)
-            return skipped
-        finally:
-            weights_changed()
-
-    def _clip(self) -> None:
-        if self.max_grad_norm is not None:
-            params = [p for ps, _ in self._grads() for p in ps]
-            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-
-    def _base_state_tensors(self) -> list[Tensor] | None:
-        """Tensors of the base optimizer's state for parameters with a gradient; ``None`` while a
-        parameter that will be stepped has no state yet (unless a step showed that it never gets any)."""
-        out: list[Tensor] = []
-        for ps, _ in self._grads():
-            for p in ps:
-                st = self.base.state.get(p)
-                if st:
-                    out.extend(v for v in st.values() if isinstance(v, Tensor))
-                elif id(p) not in self._stateless_ids:  # stateless bases (SGD without momentum) pass
-                    return None
-        return out
-
-    def _guarded_base_step(self, finite: Tensor) -> Tensor:
-        self._clip()
-        state = self._base_state_tensors()
-        if state is None:
-            if bool(finite):  # host decision, only until the base optimizer has stepped every parameter
-                self.base.step()
-                self._stateless_ids.update(
-                    id(p) for ps, _ in self._grads() for p in ps if not self.base.state.get(p)
-                )
-            self._base_done = True
-            return ~finite
-        with torch.no_grad():
-            if len(self._state_backup) != len(state) or any(
-                a.shape != b.shape or a.dtype != b.dtype or a.device != b.device
-                for a, b in zip(self._state_backup, state)
-            ):
-                self._state_backup = [torch.empty_like(t) for t in state]
-            if state:
-                torch._foreach_copy_(self._state_backup, state)
-            try:
-                self.base.step()
-            except BaseException:
-                if state:
-                    torch._foreach_copy_(state, self._state_backup)
-                raise
-            self._base_done = True
-            params = self._flat_params()
-            backups = [b for g in self._groups for b in g.backup]
-            bitwise_select_(finite, params + state, backups + self._state_backup)
-        return ~finite
-
-    def _scaled_base_step(self, finite: Tensor) -> Tensor:
-        scaler = self.scaler
-        assert scaler is not None
-        grads = self._grads()
-        if grads:  # an overflow in pass 1 must skip the step and lower the scale too: show it to the scaler
-            g = grads[0][1][0]
-            g.mul_(torch.where(finite, 1.0, float("nan")).to(g.dtype))
-        scaler.unscale_(self.base)
-        self._clip()
-        finite = torch.isfinite(self._grad_norm())
-        scaler.step(self.base)  # skips the base step if any gradient is non-finite
-        scaler.update()
-        self._base_done = True
-        return ~finite
-
-
-def _check_model_and_base(model: Any, base: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(base, torch.optim.Optimizer) or isinstance(base, PerturbedOptimizer):
-        raise ValueError(
-            "base must be a torch.optim.Optimizer instance (e.g. torch.optim.SGD(...)), "
-            f"not a class or another SAM-family optimizer; got {base!r}"
-        )
-    if isinstance(base, torch.optim.LBFGS):
-        raise ValueError(
-            "base=LBFGS is not supported: its step re-evaluates a closure for a line search, which a "
-            "perturbed step cannot give it; use a first-order optimizer (SGD, Adam, ...)"
-        )
-    own = {id(p) for p in model.parameters()}
-    foreign = sum(id(p) not in own for g in base.param_groups for p in g["params"])
-    if foreign:
-        raise ValueError(
-            f"base optimizes {foreign} parameter(s) that are not the model's: build it from "
-            "model.parameters() of the same model"
-        )
-    if not any(p.requires_grad for g in base.param_groups for p in g["params"]):
-        raise ValueError("no parameter of the base optimizer requires grad: there is nothing to train")
-
-
-def _check_grad_mode() -> None:
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            "step() was called inside torch.inference_mode(): a training step needs autograd; call it "
-            "outside (torch.no_grad() is fine, the step enables gradients itself)"
-        )
