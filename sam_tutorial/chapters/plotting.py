@@ -16,6 +16,7 @@ the variants of the SAM family always get the same colour (:data:`COLORS`), so a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
@@ -42,7 +43,7 @@ COLORS: dict[str, str] = {
 """A fixed colour per variant (keys are lower-case names, with or without the hyphen)."""
 
 
-STYLE: dict[str, object] = {
+STYLE: dict[str, Any] = {
     "figure.figsize": (6.4, 3.6),
     "figure.dpi": 110,
     "savefig.dpi": 110,
@@ -61,7 +62,7 @@ STYLE: dict[str, object] = {
 
 def use_style() -> None:
     """Apply the book's matplotlib style (a light grid, no top/right spines, 110 dpi PNGs)."""
-    mpl.rcParams.update(STYLE)
+    mpl.style.use(STYLE)
 
 
 def color(name: str) -> str:
@@ -77,7 +78,8 @@ def shade(base: str, i: int, n: int) -> tuple[float, float, float, float]:
     """The i-th of n shades of a colour, light to dark (e.g. one per micro-batch size m)."""
     rgb = np.array(mpl.colors.to_rgb(base))
     t = 0.35 + 0.65 * (i + 1) / max(n, 1)
-    return (*(1 - t + t * rgb), 1.0)  # type: ignore[return-value]
+    r, g, b = (1 - t + t * rgb).tolist()
+    return (r, g, b, 1.0)
 
 
 def figure(ncols: int = 1, nrows: int = 1, width: float | None = None,

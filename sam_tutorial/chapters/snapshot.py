@@ -249,4 +249,4 @@ def stack(snapshots: Sequence[Snapshot] | Sequence[Sequence[Snapshot]], name: st
         if len({len(r) for r in runs}) > 1:
             raise ValueError("every run must hold the same number of snapshots")
         return np.asarray(runs, dtype=float)
-    return np.asarray([getattr(s, name) for s in snapshots], dtype=float)  # type: ignore[union-attr]
+    return np.asarray([getattr(s, name) for s in snapshots], dtype=float)

@@ -75,8 +75,8 @@ def draw_landscape(
     ax.contour(xs.numpy(), ys.numpy(), f.numpy(), levels=lv, colors="#a0522d", linewidths=0.3, alpha=0.6)
     for centre, name in ((problem.sharp_centre, "sharp"), (problem.flat_centre, "flat")):
         ax.plot(*centre.tolist(), marker="*", color="black", markersize=8, linestyle="none", zorder=5)
-        ax.annotate(name, centre.tolist(), textcoords="offset points", xytext=(0, 22), ha="center",
-                    fontsize=8, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+        ax.annotate(name, (float(centre[0]), float(centre[1])), textcoords="offset points", xytext=(0, 22),
+                    ha="center", fontsize=8, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
     ax.set_xlabel("$x_1$")
@@ -182,8 +182,9 @@ def landscape_grid(
                 seed=seed, sgd=sgd, resolution=resolution,
             )
             ax.title.set_fontsize(9)
-            if ax.get_legend() is not None and (r, c) != (0, 0):
-                ax.get_legend().remove()
+            legend = ax.get_legend()
+            if legend is not None and (r, c) != (0, 0):
+                legend.remove()
     return fig, runs
 
 
@@ -206,7 +207,7 @@ class LandscapeExplorer:
                  b: int, n_steps: int, seed: int) -> None:
         import ipywidgets as w
 
-        self._args = dict(lr=lr, b=b, n_steps=n_steps, seed=seed)
+        self._args: dict[str, Any] = dict(lr=lr, b=b, n_steps=n_steps, seed=seed)
         self._problem, self._x0 = problem, x0
         self._sgd = _run(problem, x0, 0.0, True, lr, b, n_steps, seed)  # does not depend on the controls
         self.rho = w.FloatLogSlider(value=rho, base=10, min=-3, max=0, step=0.05, description="ρ",

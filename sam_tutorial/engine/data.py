@@ -80,7 +80,7 @@ CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4867, 
 CIFAR_STD = {"cifar10": (0.2023, 0.1994, 0.2010), "cifar100": (0.2675, 0.2565, 0.2761)}
 
 
-_CIFAR = {
+_CIFAR: dict[str, dict[str, Any]] = {
     "cifar10": dict(
         folder="cifar-10-batches-py",
         train=[f"data_batch_{i}" for i in range(1, 6)],
@@ -303,7 +303,7 @@ def _mnist1d(folder: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]
 
         def write(f: Any) -> None:
             buf = io.BytesIO()
-            np.savez(buf, **arrays)
+            np.savez(buf, x=arrays["x"], y=arrays["y"], x_test=arrays["x_test"], y_test=arrays["y_test"])
             f.write(buf.getvalue())
 
         atomic_write(path, write)
@@ -372,7 +372,7 @@ def safe_load_pickle(path: str | os.PathLike[str]) -> Any:
 def _cifar(name: str, folder: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], dict[str, Any]]:
     spec = _CIFAR[name]
     base = folder / str(spec["folder"])
-    files = [base / f for f in [*spec["train"], *spec["test"]]]  # type: ignore[misc]
+    files = [base / f for f in [*spec["train"], *spec["test"]]]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(
@@ -402,4 +402,4 @@ def _cifar(name: str, folder: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor
         "source": str(base),
         "normalise": {"mean": CIFAR_MEAN[name], "std": CIFAR_STD[name]},
     }
-    return read(spec["train"]), read(spec["test"]), info  # type: ignore[arg-type]
+    return read(spec["train"]), read(spec["test"]), info

@@ -208,14 +208,16 @@ def make_optimizer(
         weight_decay=config.weight_decay,
         nesterov=config.nesterov,
     )
-    opts = dict(config.options)
+    opts: dict[str, Any] = dict(config.options)
     if isinstance(model, DistributedDataParallel):
         opts.setdefault("scope", config.scope)
     kind = config.optimizer
     if kind == "sgd":
         return SAM(model, base, rho=0.0, **opts)
     if kind in ("sam", "usam"):
-        return SAM(model, base, rho=config.rho, **({"normalize": False} if kind == "usam" else {}), **opts)
+        if kind == "usam":
+            opts["normalize"] = False
+        return SAM(model, base, rho=config.rho, **opts)
     if kind == "m-sam":
         return MSAM(model, base, rho=config.rho, m=int(config.m), **opts)  # type: ignore[arg-type]
     if kind == "rw-sam":

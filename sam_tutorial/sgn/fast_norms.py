@@ -155,8 +155,11 @@ def _module_sq_norms(module: nn.Module, x: Tensor, d: Tensor) -> Tensor:
             x_hat = F.group_norm(x, module.num_groups, eps=module.eps)
         else:
             shape = (1, -1) + (1,) * (x.dim() - 2)
-            mean = module.running_mean.view(shape)
-            var = module.running_var.view(shape)
+            assert isinstance(module, nn.modules.batchnorm._BatchNorm)  # eval mode: running statistics
+            running_mean, running_var = module.running_mean, module.running_var
+            assert running_mean is not None and running_var is not None
+            mean = running_mean.view(shape)
+            var = running_var.view(shape)
             x_hat = (x - mean) / torch.sqrt(var + module.eps)
         dims = tuple(range(2, x.dim()))
     if want_w:
@@ -233,8 +236,8 @@ def per_sample_sq_norms(
             "a module with parameters ran more than once in one forward pass; per-sample norms "
             "need the vmap route (sam_tutorial.sgn.per_sample.per_sample_grads)"
         )
-    params = [p for p in model.parameters() if p.requires_grad]
-    outs = [out for _, _, out in records]
+    params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
+    outs: list[Tensor] = [out for _, _, out in records]
     grads = torch.autograd.grad(losses.sum(), outs + params, allow_unused=True)
     acc = torch.promote_types(losses.dtype, torch.float32)
     sq = torch.zeros(batch, dtype=acc, device=losses.device)

@@ -31,7 +31,7 @@ __all__ = ["batchable", "eval_mode", "flat_params", "functional_losses", "functi
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, Tensor]]:
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named: list[tuple[str, Tensor]] = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("model has no parameter with requires_grad=True")
     return named

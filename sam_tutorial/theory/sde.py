@@ -48,7 +48,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -408,7 +408,8 @@ def weak_error(
     """
     n_steps = max(1, round(horizon / eta))
     phi = test_fn if test_fn is not None else (lambda z: problem(z).mean(-1))
-    common = dict(eta=eta, rho=rho, b=b, m=m, n_steps=n_steps, n_paths=n_paths, replacement=replacement)
+    common: dict[str, Any] = dict(eta=eta, rho=rho, b=b, m=m, n_steps=n_steps, n_paths=n_paths,
+                                  replacement=replacement)
     xs = discrete_trajectory(problem, x0, variant, seed=seed, **common)
     ys = euler_maruyama(
         problem, x0, variant, substeps=substeps, include_eta_term=include_eta_term, seed=seed + 1, **common
