@@ -76,7 +76,8 @@ def draw_landscape(
     for centre, name in ((problem.sharp_centre, "sharp"), (problem.flat_centre, "flat")):
         ax.plot(*centre.tolist(), marker="*", color="black", markersize=8, linestyle="none", zorder=5)
         ax.annotate(name, (float(centre[0]), float(centre[1])), textcoords="offset points", xytext=(0, 22),
-                    ha="center", fontsize=8, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+                    ha="center", fontsize=8,
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
     ax.set_xlabel("$x_1$")
