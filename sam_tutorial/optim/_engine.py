@@ -118,9 +118,8 @@ class Engine:
             device = device or gs[0].device
             if adaptive_eps is not None:
                 gs = list(torch._foreach_mul(torch._foreach_add(torch._foreach_abs(ps), adaptive_eps), gs))
+            gs = [torch.view_as_real(g) if g.is_complex() else g for g in gs]  # |z|² = re² + im²
             acc = torch.promote_types(gs[0].dtype, torch.float32)
-            if acc.is_complex:
-                acc = torch.float64 if acc == torch.complex128 else torch.float32
             norms.extend(n.to(device) for n in torch._foreach_norm(gs, 2, dtype=acc))
         if not norms:
             raise ValueError("no parameter received a gradient; does the loss depend on the parameters?")

@@ -306,6 +306,12 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
         for post in self._optimizer_load_state_dict_post_hooks.values():
             post(self)
 
+    def __getstate__(self) -> dict[str, Any]:  # torch's keeps only defaults, state and param_groups
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rho={self.rho}, normalize={self.normalize}, base={self.base!r})"
 

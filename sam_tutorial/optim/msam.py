@@ -177,10 +177,10 @@ class MSAM(PerturbedOptimizer):
             losses2.append(loss2.detach())
             gnorms.append(gnorm)
             sizes.append(size)
-        weights = torch.tensor(sizes, dtype=torch.float32, device=finite.device) / n
+        weights = [s / n for s in sizes]
         return self._stats(torch.stack(losses), torch.stack(losses2), torch.stack(gnorms), weights)
 
-    def _stats(self, losses: Tensor, losses2: Tensor, gnorms: Tensor, weights: Tensor | None = None,
+    def _stats(self, losses: Tensor, losses2: Tensor, gnorms: Tensor, weights: list[float] | None = None,
                moved: bool = True) -> StepStats:
         """Average over micro-batches (losses weighted by size), then the guarded base step (``moved``:
         put w and the buffers back first; the vmap backend never moved them)."""
@@ -193,7 +193,9 @@ class MSAM(PerturbedOptimizer):
         if weights is None:
             loss, loss2 = losses.mean(), losses2.mean()
         else:
-            loss, loss2 = (losses * weights.to(losses)).sum(), (losses2 * weights.to(losses2)).sum()
+            # Python floats, not a tensor built on the host: no host-to-device copy on CUDA
+            loss = torch.stack([v * w for v, w in zip(losses, weights)]).sum()
+            loss2 = torch.stack([v * w for v, w in zip(losses2, weights)]).sum()
         return StepStats(loss, loss2, self._unscaled(gnorms).mean(), enorms.mean(), skipped)
 
     # ------------------------------------------------------------------ vmap
