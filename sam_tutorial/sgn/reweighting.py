@@ -1,0 +1,220 @@
+r"""RW-SAM's ingredients as analysis tools: Gibbs weights, per-sample scores and how good they are.
+
+RW-SAM (paper §5) weights the samples of a batch by :math:`p=\operatorname{softmax}(\lambda s)`, the maximiser
+over the simplex of :math:`\langle p,s\rangle+\mathbb H(p)/\lambda` (:func:`gibbs_objective`, whose maximum is
+:func:`gibbs_value`), with scores :math:`s_i` that estimate the per-sample gradient norms
+:math:`\|\nabla f_i\|`. This module computes the three kinds of score the chapter compares,
+
+=================== ==========================================================================
+``"fd"``            :math:`\sqrt P\,|f_i(w+\delta z)-f_i(w)|/\|\delta z\|\approx|z^\top\nabla f_i|`,
+                    one forward at :math:`w+\delta z` (``radius`` :math:`=\|\delta z\|`)
+``"jvp"``           :math:`|z^\top\nabla f_i|` exactly, by forward-mode differentiation
+``"norm"``          :math:`\sqrt{2/\pi}\,\|\nabla f_i\|`: the exact norms, scaled like the probes
+=================== ==========================================================================
+
+with :math:`z` Rademacher (entries ±1, so :math:`\|z\|=\sqrt P`). Since
+:math:`\mathbb E|z^\top g|\approx\sqrt{2/\pi}\,\|g\|` in high dimension, all three are on the same scale,
+independent of the model size P, and a given λ means the same in each (the scale of the package's
+RW-SAM with a probe of radius δ). The probe is shared by the batch, as in RW-SAM.
+
+Quality measures: :func:`spearman` (rank agreement with the true norms), :func:`effective_batch`
+(:math:`1/\sum p_i^2`), :func:`weight_share` (the weight on a subset, e.g. mislabelled samples),
+:func:`square_probe_variance` (the closed form of claim C9).
+
+>>> s = torch.tensor([1.0, 2.0, 3.0])
+>>> p = gibbs_weights(s, 2.0)
+>>> bool(torch.isclose(gibbs_objective(p, s, 2.0), gibbs_value(s, 2.0)))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
+
+from sam_tutorial.sgn.fast_norms import per_sample_sq_norms, supports_fast_norms
+from sam_tutorial.sgn.per_sample import per_sample_grads
+
+__all__ = [
+    "SCORES",
+    "SQRT_2_OVER_PI",
+    "effective_batch",
+    "gibbs_objective",
+    "gibbs_value",
+    "gibbs_weights",
+    "maximize_on_simplex",
+    "probe_scores",
+    "rademacher_probe",
+    "spearman",
+    "square_probe_variance",
+    "weight_share",
+]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+SCORES = ("fd", "jvp", "norm")
+"""The per-sample scores: finite difference, exact directional derivative, exact norm (table above)."""
+
+SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+
+def _check_lam(lam: float) -> None:
+    if not (math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+
+
+def gibbs_weights(scores: Tensor, lam: float) -> Tensor:
+    r""":math:`p_i=e^{\lambda s_i}/\sum_je^{\lambda s_j}` over the last dimension."""
+    _check_lam(lam)
+    return torch.softmax(lam * scores, dim=-1)
+
+
+def gibbs_objective(p: Tensor, scores: Tensor, lam: float) -> Tensor:
+    r""":math:`\langle p,s\rangle+\mathbb H(p)/\lambda` for ``p`` on the simplex (rows; ``0 log 0 = 0``)."""
+    if not (math.isfinite(lam) and lam > 0):
+        raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+    entropy = -torch.special.xlogy(p, p).sum(-1)
+    return (p * scores).sum(-1) + entropy / lam
+
+
+def gibbs_value(scores: Tensor, lam: float) -> Tensor:
+    r"""The maximum :math:`\frac1\lambda\log\sum_ie^{\lambda s_i}` of :func:`gibbs_objective`."""
+    if not (math.isfinite(lam) and lam > 0):
+        raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+    return torch.logsumexp(lam * scores, dim=-1) / lam
+
+
+def maximize_on_simplex(scores: Tensor, lam: float, *, steps: int = 2000, lr: float = 0.5) -> Tensor:
+    r"""Maximise :func:`gibbs_objective` directly by mirror (exponentiated-gradient) ascent from uniform.
+
+    An independent check of the Gibbs form: the iteration never uses the softmax solution.
+    """
+    if not (math.isfinite(lam) and lam > 0):
+        raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+    q = torch.full_like(scores, 1.0 / scores.shape[-1])
+    step = lr / max(1.0, lam)  # the entropy term's curvature grows like 1/(lam q); keep the step stable
+    for _ in range(steps):
+        log_q = q.log() + step * (lam * scores - q.log() - 1)
+        q = torch.softmax(log_q, dim=-1)
+    return q
+
+
+def effective_batch(p: Tensor) -> Tensor:
+    r""":math:`1/\sum_ip_i^2`: the number of equally weighted samples with the same concentration."""
+    return 1.0 / p.square().sum(-1)
+
+
+def weight_share(p: Tensor, mask: Tensor) -> Tensor:
+    """The total weight ``p`` puts on the samples where ``mask`` holds."""
+    return (p * mask.to(p.dtype)).sum(-1)
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman's rank correlation of two 1-d tensors (ties broken by order)."""
+    ra = a.argsort().argsort().double()
+    rb = b.argsort().argsort().double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return (ra * rb).sum() / (ra.norm() * rb.norm())
+
+
+def square_probe_variance(g: Tensor, kind: str = "rademacher") -> Tensor:
+    r"""Variance of :math:`(z^\top g)^2` (claim C9): :math:`2(\|g\|^4-\sum_jg_j^4)` for Rademacher ``z``,
+    :math:`2\|g\|^4` for Gaussian ``z``; rows of ``g`` are separate vectors."""
+    sq = g.square().sum(-1)
+    if kind == "rademacher":
+        return 2 * (sq.square() - g.pow(4).sum(-1))
+    if kind == "gaussian":
+        return 2 * sq.square()
+    raise ValueError(f"kind must be 'rademacher' or 'gaussian'; got {kind!r}")
+
+
+def rademacher_probe(model: nn.Module, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """A ±1 tangent for every trainable parameter of ``model`` (a dict by parameter name)."""
+    return {
+        k: (torch.randint(0, 2, v.shape, generator=generator, device=v.device) * 2 - 1).to(v.dtype)
+        for k, v in model.named_parameters() if v.requires_grad
+    }
+
+
+def _losses(model: nn.Module, loss_fn: LossFn, params: dict[str, Tensor], x: Tensor, y: Tensor,
+            dtype: torch.dtype | None) -> Tensor:
+    if dtype is None:
+        return loss_fn(functional_call(model, params, (x,)), y)
+    with torch.autocast(x.device.type, dtype=dtype):
+        return loss_fn(functional_call(model, params, (x,)), y).float()
+
+
+def _rng_state(device: torch.device) -> Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+def probe_scores(
+    model: nn.Module,
+    loss_fn: LossFn,
+    x: Tensor,
+    y: Tensor,
+    *,
+    method: str = "fd",
+    probe: dict[str, Tensor] | None = None,
+    radius: float = 1e-2,
+    autocast: torch.dtype | None = None,
+    signed: bool = False,
+    same_randomness: bool = True,
+) -> Tensor:
+    r"""Per-sample scores ``[B]`` of one batch, all on the scale of :math:`\sqrt{2/\pi}\|\nabla f_i\|`.
+
+    Args:
+        model: the network (its parameters are not changed; use eval mode to switch dropout off, or
+            fix the random state around the call; see the chapter).
+        loss_fn: per-sample loss ``loss_fn(outputs, targets) -> [B]``.
+        x: inputs ``[B, ...]``.
+        y: targets ``[B]``.
+        method: one of :data:`SCORES`.
+        probe: the shared probe ``z`` (default: a fresh Rademacher probe); unused by ``"norm"``.
+        radius: :math:`\|\delta z\|` of the finite difference (``"fd"`` only).
+        autocast: run the forward passes under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``).
+        signed: return :math:`z^\top\nabla f_i` with its sign (``"fd"``/``"jvp"``).
+        same_randomness: run both forward passes of the finite difference from the same random state, so
+            that dropout draws the same masks in both (``False`` shows the pitfall: the difference then
+            measures the change of masks).
+
+    Raises:
+        ValueError: for an unknown ``method`` or ``radius <= 0``.
+    """
+    if method not in SCORES:
+        raise ValueError(f"method must be one of {', '.join(SCORES)}; got {method!r}")
+    if not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    if method == "norm":
+        if supports_fast_norms(model):
+            sq, _ = per_sample_sq_norms(model, loss_fn, x, y)  # leaves .grad untouched
+        else:
+            sq = per_sample_grads(model, loss_fn, x, y, eval_mode=False).square().sum(1)
+        return SQRT_2_OVER_PI * sq.sqrt()
+    z = probe if probe is not None else rademacher_probe(model)
+    z_norm = math.sqrt(sum(float(t.square().sum()) for t in z.values()))
+    if method == "jvp":
+        d = jvp(lambda p: _losses(model, loss_fn, p, x, y, autocast), (params,), (z,))[1]
+    else:
+        delta = radius / z_norm
+        moved = {k: v + delta * z[k] for k, v in params.items()}
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            state = _rng_state(x.device)
+            plus = _losses(model, loss_fn, moved, x, y, autocast)
+            if same_randomness:
+                _set_rng_state(x.device, state)
+            d = plus - _losses(model, loss_fn, params, x, y, autocast)
+        d = d * (z_norm / radius)
+    return d if signed else d.abs()
