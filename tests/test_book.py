@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,3 +148,16 @@ def test_notebook_conventions(path: Path) -> None:
 
     assert "parameters" in parameters.get("metadata", {}).get("tags", [])
     assert re.search(r"print\(\s*config\.banner\(\)\s*\)", _source(parameters))
+
+
+def test_api_page_documents_every_module_of_the_package() -> None:
+    """book/api.md is what tools/api_page.py writes from the package tree (one automodule per module)."""
+    script = ROOT / "tools" / "api_page.py"
+    proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    page = (ROOT / "book" / "api.md").read_text()
+    for path in (ROOT / "sam_tutorial").rglob("*.py"):
+        if path.name.startswith("_"):
+            continue
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        assert f".. automodule:: {module}\n" in page, module

@@ -16,14 +16,8 @@ run on it through their public ``step(inputs, targets, loss_fn)``: the inputs ar
 >>> run.points.shape, run.batches.shape
 (torch.Size([6, 2]), torch.Size([5, 4]))
 
-Linear stability on a quadratic basin :math:`f=\frac\lambda2\|x-a\|^2` (full batch, plain SGD base
-with learning rate :math:`\eta`), used to predict when SAM and USAM leave a sharp minimum:
-
-* GD, :math:`x-a\leftarrow(1-\eta\lambda)(x-a)`: stable iff :math:`\eta\lambda<2`;
-* USAM, :math:`x-a\leftarrow(1-\eta\lambda-\eta\rho\lambda^2)(x-a)`: stable iff
-  :math:`\rho<\rho_U=(2/\eta-\lambda)/\lambda^2` (:func:`usam_critical_rho`);
-* SAM never converges to :math:`a`: for :math:`\eta\lambda<2` it settles on a 2-cycle
-  :math:`\pm A\,u` with :math:`A=\eta\lambda\rho/(2-\eta\lambda)` (:func:`sam_cycle_amplitude`).
+The linear-stability thresholds that predict when SAM and USAM leave a sharp minimum are in
+:mod:`sam_tutorial.theory.stability`.
 """
 
 

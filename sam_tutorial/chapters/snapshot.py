@@ -189,7 +189,7 @@ class SnapshotRecorder:
     Pass it to :func:`sam_tutorial.engine.train.fit` as ``metrics={"tr_V": recorder}`` (``fit`` calls its
     metric hooks at ``config.metric_epochs``), or call it from any training loop. Each call returns
     :math:`\\operatorname{tr}V` as a 0-d tensor, the scalar the loop logs; the full snapshots are in
-    :attr:`snapshots`, in call order.
+    ``snapshots``, in call order.
 
     Args:
         loss_fn: per-sample loss.

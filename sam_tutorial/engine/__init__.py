@@ -7,8 +7,8 @@ module            what it holds
 ``data``          MNIST-1D, CIFAR-10/100 (safe pickle loader), symmetric label noise
 ``loader``        a device-resident batch iterator with crop + flip
 ``models``        MLP, 1-D CNN, ResNet-18/50, Wide ResNet (no torchvision)
-``train_config``  :class:`TrainConfig` and the optimizer it builds
-``train``         :func:`fit`: the loop, evaluation, metrics, checkpoints, resume
+``train_config``  :class:`~sam_tutorial.engine.train_config.TrainConfig` and the optimizer it builds
+``train``         :func:`~sam_tutorial.engine.train.fit`: the loop, evaluation, metrics, checkpoints, resume
 ``storage``       atomic JSON, checkpoints, locks, configuration hashes
 ``runs``          run specifications, the result cache, tables of results
 ``experiments``   the registry: ``run_experiment``, ``load_results``

@@ -1,6 +1,7 @@
 """One training loop for every optimizer of the SAM family, with evaluation, checkpoints and resume.
 
-:func:`fit` trains a model on a :class:`~sam_tutorial.engine.data.Dataset` as a :class:`TrainConfig` says:
+:func:`fit` trains a model on a :class:`~sam_tutorial.engine.data.Dataset` as a
+:class:`~sam_tutorial.engine.train_config.TrainConfig` says:
 
 .. code-block:: text
 
@@ -43,11 +44,17 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from sam_tutorial.config import rng_state, set_rng_state
+from sam_tutorial.config import check_device, check_seed, rng_state, set_rng_state
 from sam_tutorial.engine.data import Dataset
 from sam_tutorial.engine.distributed import DistContext, shard, wrap
 from sam_tutorial.engine.loader import BatchLoader
-from sam_tutorial.engine.storage import config_hash, load_checkpoint, save_checkpoint
+from sam_tutorial.engine.storage import (
+    CheckpointError,
+    check_model_state,
+    config_hash,
+    load_checkpoint,
+    save_checkpoint,
+)
 from sam_tutorial.engine.train_config import Metric, TrainConfig, _Cosine, cross_entropy, make_optimizer
 from sam_tutorial.optim import PerturbedOptimizer
 
@@ -147,7 +154,7 @@ def fit(
     Args:
         model: the network (moved to ``device``).
         data: training and test sets.
-        config: hyper-parameters (:class:`TrainConfig`).
+        config: hyper-parameters (:class:`~sam_tutorial.engine.train_config.TrainConfig`).
         seed: seeds the loader's generator (data order, augmentation) and RW-SAM's probes. The global
             generators are used as they are (seed them before building the model).
         device: where to train (default: the model's device).
@@ -179,8 +186,9 @@ def fit(
     main = ctx is None or ctx.is_main
     if ctx is not None and not ctx.distributed:
         ctx = None  # one process
+    _check_arguments(model, data, config, seed)
     _check_world(config, ctx)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = check_device("device", device) if device is not None else next(model.parameters()).device
     model.to(device)
     hooks = builtin_metrics(config, data, device)
     for name, fn in (metrics or {}).items():
@@ -210,6 +218,43 @@ def fit(
                      optimizer=loop.opt)
 
 
+def _check_arguments(model: nn.Module, data: Dataset, config: TrainConfig, seed: int) -> None:
+    """Refuse arguments of the wrong kind, and a model that cannot classify ``data``, before anything
+    changes: one forward pass of two training samples in eval mode, without gradients."""
+    kinds: tuple[tuple[str, object, type], ...] = (
+        ("model", model, nn.Module), ("data", data, Dataset), ("config", config, TrainConfig))
+    for name, value, kind in kinds:
+        if not isinstance(value, kind):
+            raise ValueError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+    check_seed("seed", seed)
+    params = list(model.parameters())
+    if not any(p.requires_grad for p in params):
+        raise ValueError("model has no parameter with requires_grad=True: there is nothing to train")
+    x, y = data.train
+    if len(x) != len(y) or y.ndim != 1 or y.dtype != torch.int64:
+        raise ValueError(f"data.train must be inputs [N, ...] and int64 labels [N]; got {tuple(x.shape)} and "
+                         f"{y.dtype} {tuple(y.shape)}")
+    for split, labels in (("train", y), ("test", data.test[1])):
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= data.num_classes):
+            raise ValueError(f"data.{split} labels must lie in [0, num_classes={data.num_classes}), found "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x[:2].to(params[0].device))
+    except (RuntimeError, TypeError, ValueError, IndexError) as err:
+        raise ValueError(f"model cannot take the inputs of data set {data.name!r} (one input has shape "
+                         f"{data.input_shape}, dtype {x.dtype}): {type(err).__name__}: {err}") from err
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    if not isinstance(out, torch.Tensor) or out.shape != (len(x[:2]), data.num_classes):
+        found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model must return logits [B, num_classes={data.num_classes}] for data set "
+                         f"{data.name!r}; it returns {found} for a batch of {len(x[:2])}")
+
+
 def _check_world(config: TrainConfig, ctx: DistContext | None) -> None:
     """Refuse global batches that the ranks (and m-SAM's micro-batches) cannot share evenly."""
     if ctx is None:
@@ -220,6 +265,10 @@ def _check_world(config: TrainConfig, ctx: DistContext | None) -> None:
     per_rank = config.batch_size // ctx.world_size
     if config.optimizer == "m-sam" and config.m is not None and per_rank % config.m:
         raise ValueError(f"m={config.m} must divide the per-rank batch batch_size / world_size = {per_rank}")
+
+
+_CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "loader", "rng", "history")
+"""What :meth:`_Loop.save` writes."""
 
 
 class _Loop:
@@ -253,14 +302,20 @@ class _Loop:
         """Load the checkpoint if there is one (return its epoch), else start fresh (0)."""
         if checkpoint is not None and Path(checkpoint).exists():
             state = load_checkpoint(checkpoint, fingerprint)
-            self.net.load_state_dict(state["model"])
+            lacking = [k for k in _CHECKPOINT_KEYS if k not in state]
+            if lacking:
+                raise CheckpointError(f"{checkpoint} lacks {lacking}: it was not written by fit(); delete it "
+                                      "to start this run from scratch")
+            check_model_state(self.net, state["model"], checkpoint)  # before anything is loaded
             self.opt.load_state_dict(state["optimizer"])
+            self.net.load_state_dict(state["model"])
             self.sched.load_state_dict(state["scheduler"])
             self.loader.load_state_dict(state["loader"])
             set_rng_state(state["rng"])
             self.history = state["history"]
             return int(state["epoch"])
         if init_state is not None:
+            check_model_state(self.net, init_state, "init_state")
             self.net.load_state_dict(init_state)
         if 0 in self.metric_epochs and self.hooks:
             self._record_metrics(0, torch.stack(self._run_metrics(0)).tolist())

@@ -27,7 +27,7 @@ VARIANTS: dict[str, str] = {
     "rw-sam": "RW-SAM",
     "rw-usam": "RW-USAM",
 }
-"""Variant name -> the name printed in the book (USAM: the unnormalised perturbation)."""
+"""For each variant name, the name the book prints (a U marks the unnormalised perturbation)."""
 
 
 def variant_of(label: str) -> str:

@@ -74,7 +74,7 @@ def trace_V(
         targets: targets with the batch on dim 0.
         chunk_size: samples per chunk (``None``: the whole set at once for ``"hooks"``, about
             :math:`2^{21}` numbers a chunk for ``"vmap"``).
-        eval_mode: evaluate in eval mode (see :func:`per_sample_grads`).
+        eval_mode: evaluate in eval mode (see :func:`~sam_tutorial.sgn.per_sample.per_sample_grads`).
         method: ``"auto"``, ``"hooks"`` or ``"vmap"``.
 
     Returns:
@@ -82,7 +82,7 @@ def trace_V(
         accumulated in at least float32.
 
     Raises:
-        ValueError: as :func:`per_sample_grads`; for an unknown ``method``; for ``"hooks"`` on an
+        ValueError: as :func:`~sam_tutorial.sgn.per_sample.per_sample_grads`; for an unknown ``method``; for ``"hooks"`` on an
             unsupported model.
 
     >>> net = torch.nn.Linear(2, 1, bias=False)
@@ -181,7 +181,7 @@ def sgn_spectrum(grads: Tensor, k: int | None = None) -> Tensor:
     :math:`P\times P` covariance.
 
     Args:
-        grads: per-sample gradients ``[n, P]`` (e.g. from :func:`per_sample_grads`).
+        grads: per-sample gradients ``[n, P]`` (e.g. from :func:`~sam_tutorial.sgn.per_sample.per_sample_grads`).
         k: how many eigenvalues; ``None`` returns all :math:`\min(n, P)`.
 
     Returns:
@@ -233,7 +233,7 @@ def empirical_fisher_trace(
         inputs: a tensor or tuple of tensors with the batch on dim 0.
         targets: targets with the batch on dim 0.
         chunk_size: samples per chunk (see :func:`trace_V`).
-        eval_mode: evaluate in eval mode (see :func:`per_sample_grads`).
+        eval_mode: evaluate in eval mode (see :func:`~sam_tutorial.sgn.per_sample.per_sample_grads`).
         method: ``"auto"``, ``"hooks"`` or ``"vmap"`` (see :func:`trace_V`).
 
     Returns:
