@@ -161,7 +161,33 @@ class TargetsForm:
 
     def __call__(self, model: nn.Module, batch: Any) -> Tensor:
         inputs, targets = batch
-        return self.loss_fn(logits_of(call(model, inputs)), targets)
+        outputs = logits_of(call(model, inputs))
+        if isinstance(self.loss_fn, nn.CrossEntropyLoss | nn.NLLLoss):
+            check_class_targets(type(self.loss_fn).__name__, outputs, targets)
+        return self.loss_fn(outputs, targets)
+
+
+def check_class_targets(loss: str, outputs: Any, targets: Any) -> None:
+    """Shapes and dtypes a classification loss accepts, checked on the host (no synchronisation)."""
+    if not isinstance(outputs, Tensor) or not isinstance(targets, Tensor) or outputs.ndim < 2:
+        return
+    indices = (outputs.shape[0], *outputs.shape[2:])
+    if targets.is_floating_point():
+        if targets.shape != outputs.shape:
+            raise ValueError(
+                f"targets: {loss} takes class indices (int64, shape {tuple(indices)}) or class "
+                f"probabilities of the outputs' shape {tuple(outputs.shape)}; got {targets.dtype} of shape "
+                f"{tuple(targets.shape)}"
+            )
+    elif targets.dtype not in (torch.int64, torch.uint8):
+        raise ValueError(
+            f"targets: {loss} takes int64 class indices, got {targets.dtype}; use targets.long()"
+        )
+    elif targets.shape != indices:
+        raise ValueError(
+            f"targets: {loss} takes class indices of shape {tuple(indices)}, got {tuple(targets.shape)}"
+            + ("; use targets.squeeze(1)" if targets.shape == (*indices, 1) else "")
+        )
 
 
 class PerSampleModule(nn.Module):
