@@ -73,21 +73,43 @@ def device() -> torch.device:
     """Return the device experiments run on: ``SAM_TUTORIAL_DEVICE`` if set, else CUDA if available.
 
     Raises:
-        ValueError: if ``SAM_TUTORIAL_DEVICE`` is not a device string torch understands
-            (e.g. ``cpu``, ``cuda``, ``cuda:1``, ``mps``), or names CUDA on a machine without it.
+        ValueError: if ``SAM_TUTORIAL_DEVICE`` is not a device this machine can train on (see
+            :func:`check_device`), e.g. ``cuda`` without CUDA, ``mps`` without MPS, or ``meta``.
     """
     requested = os.environ.get(DEVICE_ENV, "").strip()
     if not requested:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return check_device(DEVICE_ENV, requested)
+
+
+def check_device(name: str, value: object) -> torch.device:
+    """``value`` as a :class:`torch.device` that this machine can compute on, else ``ValueError``
+    naming ``name``: not a device string, ``meta`` (no data), CUDA/MPS/XPU that is not available, or a
+    CUDA index beyond the devices present.
+
+    >>> check_device("device", "cpu")
+    device(type='cpu')
+    """
+    accepted = "accepted values look like 'cpu', 'cuda', 'cuda:0' or 'mps', for a device this machine has"
     try:
-        dev = torch.device(requested)
-    except RuntimeError as err:
-        raise ValueError(
-            f"{DEVICE_ENV}={requested!r} is not a torch device; accepted values look like "
-            "'cpu', 'cuda', 'cuda:0' or 'mps'"
-        ) from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{DEVICE_ENV}={requested!r} but CUDA is not available on this machine")
+        dev = value if isinstance(value, torch.device) else torch.device(value)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{name}={value!r} is not a torch device; {accepted}") from err
+    if dev.type == "meta":
+        raise ValueError(f"{name}={value!r}: the meta device holds no data and cannot train; {accepted}")
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+        "xpu": hasattr(torch, "xpu") and torch.xpu.is_available(),
+    }
+    if not available.get(dev.type, False):
+        have = ", ".join(k for k, v in available.items() if v)
+        raise ValueError(f"{name}={value!r} but {dev.type.upper()} is not available on this machine "
+                         f"(available: {have}); {accepted}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{name}={value!r} but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                         f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
     return dev
 
 
@@ -100,9 +122,7 @@ def seed_everything(seed: int) -> torch.Generator:
     Raises:
         ValueError: if ``seed`` is not an integer in ``[0, 2**32)``.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-    seed = int(seed)
+    seed = check_seed("seed", seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds every CUDA device too
@@ -237,17 +257,45 @@ def check_int(name: str, value: object, low: int = 1) -> int:
     return value
 
 
-def check_nonneg(name: str, value: object, *, positive: bool = False) -> float:
-    """``value`` as a float if it is a finite real number >= 0 (> 0 with ``positive``), not a bool; else
-    ``ValueError`` naming ``name``. NumPy scalars are accepted.
+def check_nonneg(name: str, value: object, *, positive: bool = False, below: float | None = None) -> float:
+    """``value`` as a float if it is a finite real number >= 0 (> 0 with ``positive``, < ``below`` when
+    given), not a bool; else ``ValueError`` naming ``name`` and the accepted range. NumPy scalars are
+    accepted.
 
-    >>> check_nonneg("rho", 0.05), check_nonneg("eta", 1, positive=True)
-    (0.05, 1.0)
+    >>> check_nonneg("rho", 0.05), check_nonneg("eta", 1, positive=True), check_nonneg("beta", 0.9, below=1)
+    (0.05, 1.0, 0.9)
     """
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):  # type: ignore[operator]
+    if not ok or value < 0 or (positive and value == 0) or (below is not None and value >= below):  # type: ignore[operator]
+        if below is not None:
+            raise ValueError(f"{name} must be a finite number in {'(' if positive else '['}0, {below:g}), "
+                             f"got {value!r}")
         raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
     return float(value)  # type: ignore[arg-type]
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is a bool, else ``ValueError`` naming ``name`` (a string such as ``"False"`` is
+    true in Python, so it is refused rather than guessed).
+
+    >>> check_bool("augment", False)
+    False
+    """
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_seed(name: str, value: object) -> int:
+    """``value`` as an int if it is an integer in ``[0, 2**32)`` (NumPy integers accepted, not a bool),
+    the range every generator (Python, NumPy, torch) accepts; else ``ValueError`` naming ``name``.
+
+    >>> check_seed("seed", 7)
+    7
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value < 2**32:
+        raise ValueError(f"{name} must be an integer in [0, 2**32), got {value!r}")
+    return int(value)
 
 
 def as_tuple(inputs: Inputs) -> tuple[Tensor, ...]:

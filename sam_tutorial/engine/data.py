@@ -52,6 +52,7 @@ __all__ = [
     "CIFAR_STD",
     "DATASETS",
     "DATA_ENV",
+    "DataFileError",
     "Dataset",
     "NOISE_KINDS",
     "SafeUnpickler",
@@ -72,6 +73,11 @@ NOISE_KINDS: tuple[str, ...] = ("other", "any")
 
 
 DATA_ENV = "SAM_TUTORIAL_DATA"
+
+
+class DataFileError(ValueError):
+    """A data file that is there but cannot be used: empty, truncated, of another data set, or holding
+    arrays that disagree; the message names the file and what to do."""
 
 
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4867, 0.4408)}
@@ -307,11 +313,30 @@ def _mnist1d(folder: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]
             f.write(buf.getvalue())
 
         atomic_write(path, write)
-    with np.load(path, allow_pickle=False) as z:
-        x, y, xt, yt = (z[k] for k in ("x", "y", "x_test", "y_test"))
+    x, y, xt, yt = _read_mnist1d_cache(path)
     mean, std = float(x.mean()), float(x.std())
     info = {"source": str(path), "standardise": {"mean": mean, "std": std}}
     return _standardised(x, y, mean, std), _standardised(xt, yt, mean, std), info
+
+
+def _read_mnist1d_cache(path: Path) -> tuple[np.ndarray, ...]:
+    """The four arrays of the MNIST-1D cache, or :class:`DataFileError` saying to delete a broken one."""
+    fix = "delete it and it is generated again on the next load"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = sorted({"x", "y", "x_test", "y_test"} - set(z.files))
+            if missing:
+                raise DataFileError(f"the MNIST-1D cache {path} lacks {missing}; {fix}")
+            x, y, xt, yt = (z[k] for k in ("x", "y", "x_test", "y_test"))
+    except DataFileError:
+        raise
+    except Exception as err:  # truncated zip, a foreign file, a partial copy ...
+        raise DataFileError(f"the MNIST-1D cache {path} is corrupted or truncated "
+                            f"({type(err).__name__}: {err}); {fix}") from err
+    if x.ndim != 2 or xt.ndim != 2 or len(x) != len(y) or len(xt) != len(yt) or x.shape[1] != xt.shape[1]:
+        raise DataFileError(f"the MNIST-1D cache {path} holds inconsistent arrays (x {x.shape}, y {y.shape}, "
+                            f"x_test {xt.shape}, y_test {yt.shape}); {fix}")
+    return x, y, xt, yt
 
 
 def _standardised(x: np.ndarray, y: np.ndarray, mean: float, std: float) -> tuple[Tensor, Tensor]:
@@ -364,9 +389,65 @@ def safe_load_pickle(path: str | os.PathLike[str]) -> Any:
 
     Raises:
         pickle.UnpicklingError: if the file names anything but arrays and plain data.
+        DataFileError: if the file is empty, truncated or not a pickle at all.
     """
     with open(path, "rb") as f:
-        return SafeUnpickler(f, encoding="latin1").load()
+        try:
+            return SafeUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as err:
+            if str(err).startswith("refusing"):
+                raise pickle.UnpicklingError(f"{path}: {err}") from None
+            raise DataFileError(f"{path} is truncated or not a pickle ({err})") from err
+        except (EOFError, ValueError, TypeError, IndexError, AttributeError) as err:
+            raise DataFileError(f"{path} is truncated or not a pickle ({type(err).__name__}: {err})") from err
+
+
+def _cifar_file(name: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8 pixels [N, 3072], int64 labels [N])`` of one CIFAR pickle, checked against each other.
+
+    Raises:
+        DataFileError: for an empty or truncated file, a file of the other CIFAR, labels that do not
+            match the images one for one, labels out of range, or pixels that are not bytes in [0, 255].
+    """
+    spec = _CIFAR[name]
+    redo = f"delete {path} and extract {spec['url']} again"
+    if path.stat().st_size == 0:
+        raise DataFileError(f"{path} is empty; {redo}")
+    try:
+        entry = safe_load_pickle(path)
+    except DataFileError as err:
+        raise DataFileError(f"{err}; {redo}") from err
+    if not isinstance(entry, dict):
+        raise DataFileError(f"{path}: expected a dict, found {type(entry).__name__}; {redo}")
+    entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    key = str(spec["labels"])
+    if key not in entry or "data" not in entry:
+        other = next(n for n in _CIFAR if n != name)
+        if str(_CIFAR[other]["labels"]) in entry:
+            raise DataFileError(
+                f"{path} is a {other} file (it has {_CIFAR[other]['labels']!r}, not {key!r}); move it to "
+                f"{path.parent.parent / str(_CIFAR[other]['folder'])} and put the {name} files "
+                f"({spec['url']}) in {path.parent}")
+        raise DataFileError(f"{path} has no {key!r} or no 'data' entry (keys: {sorted(entry)}); {redo}")
+    raw = np.asarray(entry["data"])
+    if raw.dtype.kind not in "iu":
+        raise DataFileError(
+            f"{path}: 'data' holds {raw.dtype} pixels; the CIFAR pickles store bytes (uint8 in [0, 255]). "
+            "Convert images scaled to [0, 1] with (data * 255).round().astype('uint8'), or " + redo)
+    if raw.size and (raw.min() < 0 or raw.max() > 255):
+        raise DataFileError(f"{path}: 'data' must hold pixel values in [0, 255], found "
+                            f"[{raw.min()}, {raw.max()}]; {redo}")
+    if raw.ndim != 2 or raw.shape[1] != 3072:
+        raise DataFileError(f"{path}: 'data' must have shape [N, 3072], got {raw.shape}; {redo}")
+    labels = np.asarray(entry[key])
+    if labels.ndim != 1 or len(labels) != len(raw) or (labels.size and labels.dtype.kind not in "iu"):
+        raise DataFileError(f"{path}: {len(labels) if labels.ndim == 1 else labels.shape} labels in {key!r} "
+                            f"for {len(raw)} images; each image needs exactly one integer label. {redo}")
+    classes = int(spec["classes"])
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise DataFileError(f"{path}: labels must lie in [0, {classes}) for {name}, found "
+                            f"[{labels.min()}, {labels.max()}]; {redo}")
+    return raw.astype(np.uint8), labels.astype(np.int64)
 
 
 def _cifar(name: str, folder: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], dict[str, Any]]:
@@ -374,6 +455,14 @@ def _cifar(name: str, folder: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor
     base = folder / str(spec["folder"])
     files = [base / f for f in [*spec["train"], *spec["test"]]]
     missing = [f.name for f in files if not f.is_file()]
+    other = next(n for n in _CIFAR if n != name)
+    strays = [f for f in [*_CIFAR[other]["train"], *_CIFAR[other]["test"]] if (base / f).is_file()]  # type: ignore[misc]
+    if missing and strays:
+        raise FileNotFoundError(
+            f"{name}: missing {', '.join(missing)} in {base}, which holds {other} files "
+            f"({', '.join(strays)}). Move them to {folder / str(_CIFAR[other]['folder'])}, and extract "
+            f"{spec['url']} into {folder}."
+        )
     if missing:
         raise FileNotFoundError(
             f"{name}: missing {', '.join(missing)} in {base}. Download {spec['url']} and extract it into "
@@ -386,15 +475,9 @@ def _cifar(name: str, folder: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor
     def read(names: list[str]) -> tuple[Tensor, Tensor]:
         xs, ys = [], []
         for fname in names:
-            entry = safe_load_pickle(base / fname)
-            if not isinstance(entry, dict):
-                raise ValueError(f"{base / fname}: expected a dict, found {type(entry).__name__}")
-            entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
-            data = np.asarray(entry["data"], dtype=np.uint8)
-            if data.ndim != 2 or data.shape[1] != 3072:
-                raise ValueError(f"{base / fname}: 'data' must have shape [N, 3072], got {data.shape}")
+            data, labels = _cifar_file(name, base / fname)
             xs.append(data.reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(entry[str(spec["labels"])], dtype=np.int64))
+            ys.append(labels)
         images = torch.from_numpy(np.concatenate(xs)).float().div_(255.0)
         return (images - mean) / std, torch.from_numpy(np.concatenate(ys))
 

@@ -41,6 +41,7 @@ from sam_tutorial.engine.distributed import DistContext
 from sam_tutorial.engine.runs import (
     Experiment,
     ExperimentResult,
+    check_record,
     run_hash,
     run_one,
     run_path,
@@ -84,7 +85,9 @@ def _resolve(name: str, mode: str | None, seeds: Iterable[int] | None) -> tuple[
     mode = cfg.mode() if mode is None else mode
     if mode not in cfg.MODES:
         raise ValueError(f"mode must be one of {', '.join(cfg.MODES)}; got {mode!r}")
-    chosen = list(exp.seeds[mode]) if seeds is None else [int(s) for s in seeds]
+    if seeds is not None and (isinstance(seeds, str | bytes | int) or not isinstance(seeds, Iterable)):
+        raise ValueError(f"seeds must be a list of integers in [0, 2**32), got {seeds!r}")
+    chosen = list(exp.seeds[mode]) if seeds is None else [cfg.check_seed("seeds entries", s) for s in seeds]
     return exp, mode, chosen
 
 
@@ -120,10 +123,11 @@ def run_experiment(
         The :class:`~sam_tutorial.engine.runs.ExperimentResult`.
 
     Raises:
-        ValueError: for an unknown experiment, mode or run label.
+        ValueError: for an unknown experiment, mode or run label, a seed outside ``[0, 2**32)``, a device
+            this machine does not have, or an empty ``out``; all before any file is written.
     """
     exp, mode, chosen = _resolve(name, mode, seeds)
-    dev = cfg.device() if device is None else torch.device(device)
+    dev = cfg.device() if device is None else cfg.check_device("device", device)
     specs = exp.runs(mode)
     by_label = {s.label: s for s in specs}
     if labels is not None:
@@ -166,7 +170,7 @@ def load_results(
             digest = run_hash(exp, mode, spec, seed, by_label, world_size)
             path = run_path(root, exp, mode, spec, seed, digest)
             if path.exists():
-                records.append(read_json(path))
+                records.append(check_record(path, read_json(path)))
             else:
                 missing.append((spec.label, seed))
     return ExperimentResult(exp, mode, records, missing)

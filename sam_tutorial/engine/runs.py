@@ -40,7 +40,14 @@ from sam_tutorial import config as cfg
 from sam_tutorial.engine.data import load_dataset
 from sam_tutorial.engine.distributed import DistContext
 from sam_tutorial.engine.models import build_model
-from sam_tutorial.engine.storage import config_hash, load_checkpoint, read_json, run_lock, write_json
+from sam_tutorial.engine.storage import (
+    ResultFileError,
+    config_hash,
+    load_checkpoint,
+    read_json,
+    run_lock,
+    write_json,
+)
 from sam_tutorial.engine.train import fit
 from sam_tutorial.engine.train_config import TrainConfig
 
@@ -51,7 +58,9 @@ __all__ = [
     "RESULT_FORMAT",
     "RUNS_ENV",
     "RunSpec",
+    "RECORD_KEYS",
     "TABLE_KEYS",
+    "check_record",
     "run_hash",
     "run_one",
     "run_path",
@@ -166,11 +175,22 @@ class Experiment:
 
 
 def runs_root(out: str | os.PathLike[str] | None = None) -> Path:
-    """The output folder: ``out``, else ``$SAM_TUTORIAL_RUNS``, else ``runs`` in the working directory."""
+    """The output folder: ``out``, else ``$SAM_TUTORIAL_RUNS``, else ``runs`` in the working directory.
+
+    Raises:
+        ValueError: for an empty ``out`` (it would mean the working directory itself) or one that is an
+            existing file.
+    """
     if out is not None:
-        return Path(out).expanduser()
-    env = os.environ.get(RUNS_ENV, "").strip()
-    return Path(env).expanduser() if env else Path("runs")
+        if not isinstance(out, str | os.PathLike) or not str(os.fspath(out)).strip():
+            raise ValueError(f"out must be a folder path (default: ${RUNS_ENV} or ./runs), got {out!r}")
+        root = Path(out).expanduser()
+    else:
+        env = os.environ.get(RUNS_ENV, "").strip()
+        root = Path(env).expanduser() if env else Path("runs")
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"the output folder {root} is a file; choose a folder (out= or ${RUNS_ENV})")
+    return root
 
 
 def run_hash(
@@ -298,7 +318,36 @@ def _cached(path: Path, digest: str) -> dict[str, Any] | None:
         record = read_json(path)
     except ValueError:
         return None  # unreadable: recompute (the atomic writer never leaves one, a person might)
-    return record if record.get("config_hash") == digest and record.get("format") == RESULT_FORMAT else None
+    if record.get("config_hash") != digest or record.get("format") != RESULT_FORMAT:
+        return None
+    return check_record(path, record)
+
+
+RECORD_KEYS: dict[str, type] = {
+    "format": str, "experiment": str, "mode": str, "label": str, "seed": int, "config_hash": str,
+    "config": dict, "metrics": dict, "history": dict, "timing": dict,
+}
+"""What every result file holds (with its JSON type); tables and chapters read these."""
+
+
+def check_record(path: str | os.PathLike[str], record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` if it has every key of :data:`RECORD_KEYS` with its type (and ``timing`` its
+    ``seconds_per_epoch``).
+
+    Raises:
+        ResultFileError: naming ``path``, the missing or mistyped keys, and what to do.
+    """
+    bad = [k for k, kind in RECORD_KEYS.items() if not isinstance(record.get(k), kind)]
+    if not bad and "seconds_per_epoch" not in record["timing"]:
+        bad = ["timing.seconds_per_epoch"]
+    if bad:
+        exp, mode = record.get("experiment", "NAME"), record.get("mode", "MODE")
+        raise ResultFileError(
+            f"the result file {path} lacks {bad} (or holds another type there); it was edited or written by "
+            f"another version. Delete it and recompute it with `python -m sam_tutorial run {exp} --mode "
+            f"{mode}`."
+        )
+    return record
 
 
 @dataclass

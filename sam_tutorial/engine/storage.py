@@ -37,7 +37,9 @@ import torch
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "ResultFileError",
     "atomic_write",
+    "check_model_state",
     "config_hash",
     "load_checkpoint",
     "read_json",
@@ -53,6 +55,10 @@ CHECKPOINT_FORMAT = "sam_tutorial.checkpoint/1"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from: unreadable, corrupted, or written by another run."""
+
+
+class ResultFileError(ValueError):
+    """A cached result file that exists but lacks what a result holds (edited, or of an older format)."""
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
@@ -201,12 +207,46 @@ def load_checkpoint(
     return payload["state"]
 
 
+def check_model_state(
+    model: torch.nn.Module, state: Mapping[str, Any], source: str | os.PathLike[str]
+) -> None:
+    """Refuse a model ``state_dict`` that does not fit ``model`` key for key and shape for shape, before
+    anything is loaded (``load_state_dict`` copies the entries that fit before it raises on the others).
+
+    Args:
+        model: the module the state is meant for.
+        state: a ``state_dict`` (e.g. a checkpoint's ``"model"``).
+        source: where the state comes from (a file, ``"init_state"``), named in the message.
+
+    Raises:
+        CheckpointError: on a missing or unexpected key, or a tensor of another shape; the message names
+            ``source`` and the first differences (typically a checkpoint of another architecture).
+    """
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{source}: the model state is a {type(state).__name__}, not a state_dict")
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [f"{k}: {tuple(state[k].shape)} here {tuple(own[k].shape)}" for k in own
+              if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape]
+    wrong_type = [k for k in own if k in state and not isinstance(state[k], torch.Tensor)]
+    if missing or unexpected or shapes or wrong_type:
+        parts = [f"{label} {items[:4]}{' ...' if len(items) > 4 else ''}" for label, items in (
+            ("missing keys", missing), ("unexpected keys", unexpected), ("other shapes", shapes),
+            ("not tensors", wrong_type)) if items]
+        raise CheckpointError(
+            f"{source} holds the weights of another architecture ({'; '.join(parts)}); nothing was loaded. "
+            "Use a checkpoint of this model, or delete it to start this run from scratch."
+        )
+
+
 @contextlib.contextmanager
 def run_lock(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created if needed) for the ``with`` block.
 
     A second process asking for the same lock waits until the first releases it (also when the first
-    is killed: the operating system drops the lock with the process). Where ``fcntl`` is unavailable
+    is killed: the operating system drops the lock with the process). The file is removed on release,
+    so a finished or failed run leaves no ``.lock`` behind (one killed mid-run leaves an unlocked file,
+    which the next run takes over). Where ``fcntl`` is unavailable
     (Windows) this is a no-op and concurrent runs rely on atomic writes alone.
     """
     try:
@@ -216,9 +256,22 @@ def run_lock(path: str | os.PathLike[str]) -> Iterator[None]:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
+    while True:
+        f = open(path, "a+b")  # noqa: SIM115 - closed below, after the unlink
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()  # the holder before us removed this file: lock the new one
+    try:
+        yield
+    finally:
+        # remove the file while still holding it, so that no lock file outlives the run; a waiter that
+        # opened the removed file notices above and retries on a fresh one
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()

@@ -9,8 +9,9 @@ True
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sam_tutorial.config import check_nonneg
+from sam_tutorial.config import check_bool, check_int, check_nonneg
 from sam_tutorial.engine.data import Dataset
 from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM, PerturbedOptimizer
 from sam_tutorial.optim.base import SCOPES
@@ -31,6 +32,19 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "sam", "usam", "n-sam", "m-sam", "rw-sam")
 
 
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+
+
+_CLASSES: dict[str, type[PerturbedOptimizer]] = {
+    "sgd": SAM, "sam": SAM, "usam": SAM, "n-sam": NSAM, "m-sam": MSAM, "rw-sam": RWSAM}
+"""The class :func:`make_optimizer` builds for each ``optimizer``."""
+
+
+_COMMON = {"self", "model", "base", "rho"}
+_SET_BY_CONFIG: dict[str, set[str]] = {
+    "sgd": _COMMON, "sam": _COMMON, "usam": _COMMON | {"normalize"},
+    "n-sam": _COMMON | {"data", "chunk_size"}, "m-sam": _COMMON | {"m"},
+    "rw-sam": _COMMON | {"lam", "delta", "seed"}}
+"""Keyword arguments :func:`make_optimizer` fills from the configuration (not accepted in ``options``)."""
 
 
 METRICS: tuple[str, ...] = ("trace_V", "sharpness")
@@ -111,39 +125,77 @@ class TrainConfig:
     scope: str = "local"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.options, Mapping):
+            raise ValueError(f"options must be a mapping of optimizer keyword arguments (a dict), got "
+                             f"{self.options!r}")
+        for name in ("metrics", "metric_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+                raise ValueError(f"{name} must be a tuple (or list), got {value!r}")
         object.__setattr__(self, "options", dict(self.options))
         object.__setattr__(self, "metrics", tuple(self.metrics))
+        for e in self.metric_epochs:
+            check_int("metric_epochs entries", e, low=0)
         object.__setattr__(self, "metric_epochs", tuple(sorted(set(self.metric_epochs))))
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
-        check_nonneg("rho", self.rho)
-        if self.optimizer == "sgd" and self.rho != 0:
-            raise ValueError(f"rho must be 0 for optimizer='sgd' (got {self.rho}); use 'sam' for rho > 0")
-        if self.optimizer == "m-sam" and not (isinstance(self.m, int) and 1 <= self.m):
-            raise ValueError(f"optimizer='m-sam' needs m, a positive integer; got m={self.m!r}")
-        if self.optimizer == "m-sam" and self.batch_size % self.m:  # type: ignore[operator]
-            raise ValueError(f"m={self.m} must divide batch_size={self.batch_size}")
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}")
-        if self.optimizer == "m-sam" and self.scope != "local":
-            raise ValueError("optimizer='m-sam' supports scope='local' only (m-SAM perturbs per "
-                             "micro-batch); use optimizer='sam' with scope='global' for SAM on the global "
-                             "batch")
-        if self.optimizer == "rw-sam" and (self.lam is None or self.delta is None):
-            raise ValueError("optimizer='rw-sam' needs lam (>= 0) and delta (> 0)")
-        for name in ("epochs", "batch_size", "eval_batch_size", "metric_samples"):
+        for name, accepted in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("scope", SCOPES)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
+            if not isinstance(value, str) or value not in accepted:
+                raise ValueError(f"{name} must be one of {', '.join(accepted)}; got {value!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "metric_samples"):
+            check_int(name, getattr(self, name))
+        check_int("warmup_epochs", self.warmup_epochs, low=0)
+        for name in ("rho", "lr", "weight_decay", "sharpness_rho"):
+            check_nonneg(name, getattr(self, name))
+        check_nonneg("momentum", self.momentum, below=1)
+        for name in ("nesterov", "augment", "eval_train"):
+            check_bool(name, getattr(self, name))
+        self._check_variant()
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0 (torch's SGD refuses Nesterov without "
+                             "momentum)")
+        if self.warmup_epochs > self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
         unknown = sorted(set(self.metrics) - set(METRICS))
         if unknown:
             raise ValueError(f"metrics must be among {', '.join(METRICS)}; got {unknown}")
         if any(not 0 <= e <= self.epochs for e in self.metric_epochs):
             raise ValueError(f"metric_epochs must lie in [0, epochs={self.epochs}], got {self.metric_epochs}")
+
+    def _check_variant(self) -> None:
+        """The settings of one variant (m, lam, delta, nsam_samples, options) belong to that variant only."""
+        kind = self.optimizer
+        if kind == "sgd" and self.rho != 0:
+            raise ValueError(f"rho must be 0 for optimizer='sgd' (got {self.rho}); use 'sam' for rho > 0")
+        owners = {"m": "m-sam", "lam": "rw-sam", "delta": "rw-sam", "nsam_samples": "n-sam"}
+        for name, owner in owners.items():
+            if getattr(self, name) is not None and kind != owner:
+                raise ValueError(f"{name}={getattr(self, name)!r} is a setting of optimizer={owner!r} only; "
+                                 f"optimizer={kind!r} would ignore it (leave it None)")
+        if kind == "m-sam":
+            if self.m is None:
+                raise ValueError("optimizer='m-sam' needs m, an integer >= 1")
+            check_int("m", self.m)
+            if self.batch_size % self.m:
+                raise ValueError(f"m={self.m} must divide batch_size={self.batch_size}")
+            if self.scope != "local":
+                raise ValueError("optimizer='m-sam' supports scope='local' only (m-SAM perturbs per "
+                                 "micro-batch); use optimizer='sam' with scope='global' for SAM on the "
+                                 "global batch")
+        if kind == "rw-sam":
+            if self.lam is None or self.delta is None:
+                raise ValueError("optimizer='rw-sam' needs lam (>= 0) and delta (> 0)")
+            check_nonneg("lam", self.lam)
+            check_nonneg("delta", self.delta, positive=True)
+        if self.nsam_samples is not None:
+            check_int("nsam_samples", self.nsam_samples)
+        cls = _CLASSES[kind]
+        params = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            accepted = sorted(set(params) - _SET_BY_CONFIG[kind])
+            unknown = sorted(set(self.options) - set(accepted))
+            if unknown:
+                raise ValueError(f"options {unknown} are not keyword arguments that optimizer={kind!r} "
+                                 f"({cls.__name__}) takes from options; accepted: {', '.join(accepted)}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (tuples become lists); :meth:`from_dict` inverts it.

@@ -317,7 +317,7 @@ def test_fit_on_cuda_from_cpu_data(tmp_path: Path, kind: dict) -> None:
         (dict(optimizer="m-sam", rho=0.1, m=3, batch_size=8), "m=3 must divide batch_size=8"),
         (dict(optimizer="rw-sam", rho=0.1, lam=1.0), "needs lam"),
         (dict(schedule="step"), "schedule must be one of cosine, constant"),
-        (dict(epochs=0), "epochs must be a positive integer"),
+        (dict(epochs=0), "epochs must be an integer >= 1"),
         (dict(metrics=("hessian",)), "metrics must be among trace_V, sharpness"),
         (dict(epochs=2, metric_epochs=(3,)), "metric_epochs must lie in \\[0, epochs=2\\]"),
         (dict(epochs=2, warmup_epochs=3), "warmup_epochs"),
