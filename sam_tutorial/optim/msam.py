@@ -27,7 +27,8 @@ Backends (same arithmetic, equal to float64 round-off; ``StepStats.grad_norm`` a
   normalises per micro-batch; the running statistics receive one update per step, with the mean of the
   k micro-batch statistics (each micro-batch updates its own copy, the copies are averaged). Memory:
   k copies of the gradients and perturbed weights (``vmap_chunk_size`` bounds it). Dropout draws
-  different masks per micro-batch. A batch that m does not divide runs on the loop backend.
+  different masks per micro-batch. A batch that m does not divide, and any step under ``torch.autocast``
+  (where functorch's batched backward fails on CUDA), runs on the loop backend.
 * ``"auto"``: ``"vmap"`` on CUDA, ``"loop"`` on the CPU (where the loop is faster for conv nets) and
   under DistributedDataParallel.
 
@@ -143,7 +144,11 @@ class MSAM(PerturbedOptimizer):
         return "vmap" if device.type == "cuda" and not self.ddp else "loop"
 
     def _perturbed_step(self, batch: Any, n: int) -> StepStats:
-        if self.resolved_backend(batch_device(batch)) == "vmap" and n % self.m == 0:
+        device = batch_device(batch)
+        # functorch's batched backward fails under autocast (mixed half/float BatchNorm): use the loop
+        if self.resolved_backend(device) == "vmap" and n % self.m == 0 and not torch.is_autocast_enabled(
+            device.type
+        ):
             return self._vmap_step(batch, n)
         return self._loop_step(batch, n)
 

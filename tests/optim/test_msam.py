@@ -119,3 +119,16 @@ def test_auto_backend_picks_loop_on_cpu() -> None:
     opt = MSAM(model, sgd(model), rho=0.1, m=4)
     assert opt.resolved_backend(torch.device("cpu")) == "loop"
     assert opt.resolved_backend(torch.device("cuda")) == "vmap"
+
+
+def test_vmap_runs_the_loop_under_autocast() -> None:
+    """Under autocast (where functorch's batched backward fails on CUDA) the vmap backend takes the loop."""
+    a, b = mlp(bn=True, dtype=torch.float32), mlp(bn=True, dtype=torch.float32)
+    x, y = batch(dtype=torch.float32)
+    opts = [MSAM(m, sgd(m), rho=0.1, m=4, backend=k) for m, k in ((a, "vmap"), (b, "loop"))]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for opt in opts:
+            opt.step(x, y, CE)
+    assert_params_equal(a, b)
+    for u, v in zip(a.buffers(), b.buffers()):
+        assert torch.equal(u, v)  # the loop's k sequential running-statistics updates
