@@ -31,13 +31,14 @@ PY ?= $(BIN)/python
 BENCH_JSON ?= _build/bench/bench-cpu.json
 GPU_OUT ?= _build/gpu-check
 
-.PHONY: all setup book test lint typecheck unit notebooks book-check bench gpu-check clean distclean help
+.PHONY: all setup book test lint typecheck unit notebooks book-check browser-check bench gpu-check clean distclean help
 
 all: test
 
 help:
 	@echo "make book       build the HTML book in _build/html (executes chapters in standard mode, cached)"
 	@echo "make test       ruff, unit tests, notebooks in quick mode, and a -W -n check build of the book"
+	@echo "make browser-check  open every page of the built book in headless Chromium, offline; screenshots"
 	@echo "make bench      step-time ratios of the SAM family on this machine (JSON: BENCH_JSON=...)"
 	@echo "make gpu-check  gpu-marked tests + CUDA benchmark, <= 5 min (PY=python3 on a GPU machine)"
 	@echo "make setup      only create/update the private environment in $(VENV)"
@@ -83,11 +84,30 @@ book-check: $(STAMP)
 	@mkdir -p "$(CHECK_OUT)"
 	@# execution off: glued values exist only in executed notebooks (make book), so glue lookups are not checked here
 	@sed -e 's/^\(  execute_notebooks:\).*/\1 "off"/' \
-	  -e 's/^\(    suppress_warnings: \[\)/\1"mystnb.glue", /' _config.yml > "$(CHECK_OUT)/_config.yml"
+	  -e 's/^\(    suppress_warnings: \[\)/\1"mystnb.glue", /' \
+	  -e 's#^\(    mathjax_offline:\).*#\1 $(CURDIR)/tools/#' _config.yml > "$(CHECK_OUT)/_config.yml"
 	@$(STAGE) test "book check build (-W -n --keep-going, execution off)" \
 	  "$(BIN)/jupyter-book" build . --path-output "$(CHECK_OUT)" --config "$(CHECK_OUT)/_config.yml" \
 	  -W -n --keep-going --all -q
 	@$(STAGE) test "check the HTML exists" test -f "$(CHECK_OUT)/_build/html/index.html"
+
+# Builds nothing: opens every page of an existing build ($(HTML), default the standard book) in headless
+# Chromium with every non-file request blocked, fails on raw TeX, raw Markdown tables, math that MathJax
+# did not typeset, or missing images, and saves one full-page screenshot per page in $(SHOTS).
+# Needs Debian's chromium (installed with apt-get when missing and we are root) and the playwright
+# Python package (its driver ships in the wheel; no browser download), installed into $(VENV) if missing.
+HTML ?= _build/html
+SHOTS ?= $(dir $(patsubst %/,%,$(HTML)))screenshots
+browser-check: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    $(STAGE) browser-check "install chromium (apt-get)" \
+	      bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium'; \
+	  else echo "browser-check: install Chromium first: sudo apt-get install -y chromium"; exit 1; fi; }
+	@"$(BIN)/python" -c "import playwright" 2>/dev/null || $(STAGE) browser-check "install playwright" \
+	  "$(BIN)/python" -m pip install --quiet playwright
+	@$(STAGE) browser-check "open every page of $(HTML) offline" \
+	  "$(BIN)/python" tools/browser_check.py --html "$(HTML)" --out "$(SHOTS)"
 
 bench: $(STAMP)
 	@$(STAGE) bench "benchmark (CPU)" "$(BIN)/python" -m sam_tutorial bench --device cpu --json "$(BENCH_JSON)"
