@@ -65,8 +65,6 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import os
-
     import torch
 
     from sam_tutorial.engine import distributed
@@ -74,33 +72,56 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.name not in EXPERIMENTS:
         return _unknown(args.name)
-    device = None
-    if args.device is not None:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            print(f"error: --device {args.device!r} is not a torch device (e.g. cpu, cuda, cuda:0)",
-                  file=sys.stderr)
-            return 2
-    mode = args.mode or config.mode()
+    try:  # every usage error before anything is written (no result, checkpoint or lock file)
+        device = config.check_device("--device", args.device) if args.device is not None else config.device()
+        mode = args.mode or config.mode()
+        seeds = _seeds(args)
+        out = _out(args)
+        world = distributed.launched_world_size()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     ctx = None
-    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
-        # under torchrun: one process per device; rank 0 alone writes results and prints
-        ctx = distributed.init_from_env(device=(device or config.device()).type)
+    if world > 1:  # under torchrun: one process per device; rank 0 alone writes results and prints
+        ctx = distributed.init_from_env(device=device.type)
         device = ctx.device
     try:
         if ctx is None or ctx.is_main:
-            world = f" world_size={ctx.world_size}" if ctx is not None else ""
-            print(f"# {args.name}: mode={mode} device={device or config.device()}{world} "
-                  f"torch={torch.__version__}", file=sys.stderr)
-        result = run_experiment(args.name, mode=mode, seeds=args.seed, out=args.out, device=device,
+            size = f" world_size={ctx.world_size}" if ctx is not None else ""
+            print(f"# {args.name}: mode={mode} device={device}{size} torch={torch.__version__}",
+                  file=sys.stderr)
+        result = run_experiment(args.name, mode=mode, seeds=seeds, out=out, device=device,
                                 progress=not args.no_progress, data_root=args.data_root, ctx=ctx)
         if ctx is None or ctx.is_main:
             print(result.table())
+    except _file_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
         if ctx is not None:
             distributed.destroy()
     return 0
+
+
+def _seeds(args: argparse.Namespace) -> list[int] | None:
+    return None if args.seed is None else [config.check_seed("--seed", s) for s in args.seed]
+
+
+def _out(args: argparse.Namespace) -> str | None:
+    from sam_tutorial.engine.runs import runs_root
+
+    if args.out is not None and not args.out.strip():
+        raise ValueError("--out '' names no folder (it would write into the current folder); give a folder, "
+                         "or leave --out out for $SAM_TUTORIAL_RUNS or ./runs")
+    runs_root(args.out)  # refuses a file
+    return args.out
+
+
+def _file_errors() -> tuple[type[Exception], ...]:
+    from sam_tutorial.engine.data import DataFileError
+    from sam_tutorial.engine.storage import CheckpointError, ResultFileError
+
+    return FileNotFoundError, DataFileError, CheckpointError, ResultFileError
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -108,7 +129,17 @@ def _show(args: argparse.Namespace) -> int:
 
     if args.name not in EXPERIMENTS:
         return _unknown(args.name)
-    result = load_results(args.name, mode=args.mode, seeds=args.seed, out=args.out)
+    try:
+        seeds, out = _seeds(args), _out(args)
+        mode = args.mode or config.mode()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = load_results(args.name, mode=mode, seeds=seeds, out=out)
+    except _file_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     exp = result.experiment
     print(f"# {exp.name} ({result.mode} mode): {exp.description}")
     if exp.notes:

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_int, check_nonneg
-from sam_tutorial.sgn.functional import batchable, flat_params, functional_losses
+from sam_tutorial.sgn.functional import batchable, check_per_sample, flat_params, functional_losses
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
 
 __all__ = ["average_sharpness", "m_sharpness", "sam_sharpness"]
@@ -73,6 +73,8 @@ def _micro_batches(
     m = n if m is None else check_int("m", m, 1)
     if n % m:
         raise ValueError(f"m must divide the number of samples n={n}; got m={m}")
+    if m == 1:
+        check_per_sample(model, "sharpness with micro-batches of m=1 sample")
     k = n // m
     losses = functional_losses(model, loss_fn)
 

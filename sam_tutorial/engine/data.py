@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sam_tutorial.config import require
+from sam_tutorial.config import check_int, check_seed, require
 from sam_tutorial.engine.storage import atomic_write
 
 __all__ = [
@@ -205,10 +205,13 @@ def load_dataset(
     if name not in DATASETS:
         raise ValueError(f"name must be one of {', '.join(DATASETS)}; got {name!r}")
     _check_noise(label_noise, label_noise_kind)
+    check_seed("seed", seed)
     for arg, value in (("n_train", n_train), ("n_test", n_test)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{arg} must be a positive integer or None, got {value!r}")
     folder = data_root(root)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"the data folder {folder} is a file; give root= (or ${DATA_ENV}) a folder")
     if name == "mnist1d":
         (xtr, ytr), (xte, yte), info = _mnist1d(folder)
         classes, image, fill = 10, False, None
@@ -242,6 +245,10 @@ def _check_noise(rate: float, kind: str) -> None:
         raise ValueError(f"label_noise_kind must be one of {', '.join(NOISE_KINDS)}; got {kind!r}")
 
 
+_NOT_LABELS = (torch.bool, torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64,
+               torch.complex128)
+
+
 def apply_label_noise(
     targets: Tensor, rate: float, *, num_classes: int, seed: int = 0, kind: str = "other"
 ) -> tuple[Tensor, Tensor]:
@@ -264,10 +271,12 @@ def apply_label_noise(
             labels outside ``[0, num_classes)``.
     """
     _check_noise(rate, kind)
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2 for label noise, got {num_classes}")
-    if targets.ndim != 1:
-        raise ValueError(f"targets must be a 1-d tensor of labels, got shape {tuple(targets.shape)}")
+    check_int("num_classes", num_classes, low=2)
+    check_seed("seed", seed)
+    if not isinstance(targets, Tensor) or targets.ndim != 1 or targets.dtype in _NOT_LABELS:
+        found = (f"{targets.dtype} {tuple(targets.shape)}" if isinstance(targets, Tensor)
+                 else type(targets).__name__)
+        raise ValueError(f"targets must be a 1-d integer tensor of labels, got {found}")
     if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
         raise ValueError(f"targets must lie in [0, {num_classes}); got values outside")
     n = len(targets)
@@ -456,7 +465,7 @@ def _cifar(name: str, folder: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor
     files = [base / f for f in [*spec["train"], *spec["test"]]]
     missing = [f.name for f in files if not f.is_file()]
     other = next(n for n in _CIFAR if n != name)
-    strays = [f for f in [*_CIFAR[other]["train"], *_CIFAR[other]["test"]] if (base / f).is_file()]  # type: ignore[misc]
+    strays = [f for f in [*_CIFAR[other]["train"], *_CIFAR[other]["test"]] if (base / f).is_file()]
     if missing and strays:
         raise FileNotFoundError(
             f"{name}: missing {', '.join(missing)} in {base}, which holds {other} files "

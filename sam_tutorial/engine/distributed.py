@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["DistContext", "destroy", "init_from_env", "shard", "wrap"]
+__all__ = ["DistContext", "destroy", "init_from_env", "launched_world_size", "shard", "wrap"]
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,44 @@ def init_from_env(backend: str | None = None, device: str | None = None) -> Dist
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
+        unset = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v, "").strip()]
+        if unset:
+            raise ValueError(f"WORLD_SIZE={world} but {' and '.join(unset)} unset: launch with torchrun "
+                             f"--nproc_per_node {world}, or unset WORLD_SIZE and RANK to run in one process")
         dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"))
     return DistContext(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def launched_world_size() -> int:
+    """The world size torchrun launched this process into (1 when ``WORLD_SIZE`` is unset or 1).
+
+    The command line calls this before it joins a process group, so that a ``WORLD_SIZE`` left in the
+    shell (by an earlier torchrun session, a job script ...) is reported instead of waiting forever for
+    peers that will never come: torchrun always sets ``TORCHELASTIC_RUN_ID`` as well.
+
+    Raises:
+        ValueError: if ``WORLD_SIZE``/``RANK`` are not integers, ``RANK`` is outside the world, or
+            ``WORLD_SIZE > 1`` without torchrun; the message says which variables to unset.
+    """
+    raw = os.environ.get("WORLD_SIZE", "").strip()
+    if raw in ("", "1"):
+        return 1
+    try:
+        world, rank = int(raw), int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise ValueError(f"WORLD_SIZE={raw!r} and RANK={os.environ.get('RANK')!r} must be integers; unset "
+                         "them to run in one process") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"WORLD_SIZE={world}, RANK={rank}: RANK must be in [0, WORLD_SIZE); unset both "
+                         "to run in one process")
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        raise ValueError(
+            f"WORLD_SIZE={world} (RANK={rank}) is set in the environment, but this process was not started "
+            "by torchrun, so no peer will join it. Unset WORLD_SIZE, RANK and LOCAL_RANK to run in one "
+            "process, "
+            f"or launch with `torchrun --nproc_per_node {world} -m sam_tutorial run ...`."
+        )
+    return world
 
 
 def wrap(model: nn.Module, ctx: DistContext, **ddp_kwargs: object) -> nn.Module:

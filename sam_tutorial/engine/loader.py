@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sam_tutorial.config import check_device, check_int, check_seed
+
 __all__ = ["BatchLoader", "crop_flip"]
 
 
@@ -95,7 +97,8 @@ class BatchLoader:
 
     Raises:
         ValueError: for a batch size < 1 or larger than the data set with ``drop_last``, inputs and
-            targets of different lengths, or ``augment`` on inputs that are not images.
+            targets of different lengths or targets that are not ``[N]``, ``augment`` on inputs that are
+            not images, a negative padding, a fill of the wrong size, a bad seed or device.
     """
 
     def __init__(
@@ -112,8 +115,15 @@ class BatchLoader:
         device: torch.device | str | None = None,
         seed: int = 0,
     ) -> None:
+        for name, t in (("inputs", inputs), ("targets", targets)):
+            if not isinstance(t, Tensor) or t.dim() == 0:
+                raise ValueError(f"{name} must be a tensor with the samples on dim 0, got {type(t).__name__}")
+        if targets.dim() != 1:
+            raise ValueError(f"targets must be one label per sample, shape [N]; got {tuple(targets.shape)}")
         if len(inputs) != len(targets):
             raise ValueError(f"inputs has {len(inputs)} samples but targets has {len(targets)}")
+        check_int("padding", padding, low=0)
+        check_seed("seed", seed)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if drop_last and batch_size > len(inputs):
@@ -123,7 +133,10 @@ class BatchLoader:
             )
         if augment and inputs.ndim != 4:
             raise ValueError(f"augment=True needs images [N, C, H, W]; got inputs {tuple(inputs.shape)}")
-        dev = torch.device(device) if device is not None else inputs.device
+        if augment and isinstance(fill, Tensor) and fill.numel() not in (1, inputs.shape[1]):
+            raise ValueError(f"fill must be a number or one value per channel ({inputs.shape[1]}); got "
+                             f"{fill.numel()} values")
+        dev = check_device("device", device) if device is not None else inputs.device
         self.inputs, self.targets = inputs.to(dev), targets.to(dev)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.augment, self.padding = augment, padding
@@ -154,5 +167,14 @@ class BatchLoader:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the generator's state saved by :meth:`state_dict`."""
-        self.generator.set_state(state["generator"])
+        """Restore the generator's state saved by :meth:`state_dict`.
+
+        Raises:
+            ValueError: if ``state`` is not what :meth:`state_dict` returns (nothing is changed).
+        """
+        gen = state.get("generator") if isinstance(state, dict) else None
+        if not isinstance(gen, Tensor) or gen.dtype != torch.uint8:
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError("state must be BatchLoader.state_dict() output ({'generator': a uint8 "
+                             f"tensor}}); got {keys}")
+        self.generator.set_state(gen)

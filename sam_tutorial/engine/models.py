@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sam_tutorial.config import check_int, check_nonneg
+
 __all__ = [
     "BasicBlock",
     "Bottleneck",
@@ -334,10 +336,29 @@ def build_model(name: str, *, num_classes: int, input_shape: Sequence[int], **op
             ``widen_factor``, ``dropout``).
 
     Raises:
-        ValueError: for an unknown ``name``, an option the model does not take, or a bad option value.
+        ValueError: for an unknown ``name``, an option the model does not take, or a bad option value
+            (``num_classes``, ``input_shape`` entries, widths and channels must be integers >= 1, dropout
+            in [0, 1)).
     """
     if name not in MODELS:
         raise ValueError(f"name must be one of {', '.join(MODELS)}; got {name!r}")
+    check_int("num_classes", num_classes)
+    if isinstance(input_shape, str | bytes) or not isinstance(input_shape, Sequence) or not input_shape:
+        raise ValueError(f"input_shape must be the shape of one input, e.g. (40,) or (3, 32, 32); got "
+                         f"{input_shape!r}")
+    for size in input_shape:
+        check_int("input_shape entries", size)
+    for key in ("width", "channels", "depth", "widen_factor"):
+        if key in options:
+            check_int(key, options[key])
+    if "hidden" in options:
+        hidden = options["hidden"]
+        if isinstance(hidden, str | bytes) or not isinstance(hidden, Sequence):
+            raise ValueError(f"hidden must be a sequence of widths, e.g. (256, 256); got {hidden!r}")
+        for h in hidden:
+            check_int("hidden widths", h)
+    if "dropout" in options:
+        check_nonneg("dropout", options["dropout"], below=1)
     try:
         return MODELS[name](num_classes, tuple(input_shape), **options)
     except TypeError as err:

@@ -127,15 +127,16 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the file is not a JSON object.
+        ResultFileError: (a ``ValueError``) if the file is not a JSON object.
     """
     text = Path(path).read_text()
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); delete it to recompute") from err
+        raise ResultFileError(f"{path} is not valid JSON ({err}); delete it to recompute") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, expected an object")
+        raise ResultFileError(f"{path} holds a JSON {type(data).__name__}, expected an object; delete it "
+                              "to recompute")
     return data
 
 

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sam_tutorial.sgn.functional import call_loss
+
 __all__ = ["ModuleReusedError", "per_sample_sq_norms", "supports_fast_norms"]
 
 
@@ -222,7 +224,7 @@ def per_sample_sq_norms(
     handles = [m.register_forward_hook(hook) for m in hooked]
     try:
         with torch.enable_grad():
-            losses = loss_fn(model(*inputs), targets)
+            losses = call_loss(loss_fn, lambda: model(*inputs), inputs, targets)
     finally:
         for h in handles:
             h.remove()

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
 from sam_tutorial.config import Inputs, as_tuple, check_int
+from sam_tutorial.sgn.functional import check_per_sample, flat_params, functional_outputs
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
-from sam_tutorial.sgn.functional import flat_params, functional_outputs
 from sam_tutorial.sgn.per_sample import _chunk_size
 
 __all__ = ["fisher_trace", "sample_model_labels"]
@@ -64,6 +64,7 @@ def fisher_trace(
     inputs = as_tuple(inputs)
     batch = inputs[0].shape[0]
     with _eval(model, eval_mode):
+        check_per_sample(model, "fisher_trace")
         outputs = functional_outputs(model)
         w = flat_params(model)
         with torch.no_grad():

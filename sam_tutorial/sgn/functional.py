@@ -27,7 +27,10 @@ from torch.func import functional_call
 
 from sam_tutorial.config import Inputs, LossFn, as_tuple
 
-__all__ = ["batchable", "eval_mode", "flat_params", "functional_losses", "functional_outputs"]
+__all__ = [
+    "batchable", "call_loss", "check_per_sample", "eval_mode", "flat_params", "functional_losses",
+    "functional_outputs",
+]
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, Tensor]]:
@@ -119,6 +122,39 @@ def functional_outputs(model: nn.Module) -> Callable[[Tensor, Inputs], Tensor]:
     return fn
 
 
+_CALL_ERRORS = (RuntimeError, IndexError, TypeError)
+"""What torch raises for inputs or targets that do not suit the model or the loss (shapes, dtypes,
+class indices out of range); re-raised as ``ValueError`` with the shapes and dtypes."""
+
+
+def _describe(*tensors: object) -> str:
+    return ", ".join(f"{t.dtype} {list(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+                     for t in tensors)
+
+
+def call_loss(
+    loss_fn: LossFn, forward: Callable[[], Tensor], inputs: tuple[Tensor, ...], targets: Tensor
+) -> Tensor:
+    """``loss_fn(forward(), targets)``; what torch raises for inputs the model cannot take, or targets
+    that do not suit the loss (a float or ``[B, 1]`` target for cross-entropy, a class index out of
+    range), comes back as a ``ValueError`` naming the shapes and dtypes.
+    """
+    try:
+        out = forward()
+    except _CALL_ERRORS as err:
+        raise ValueError(f"model failed on inputs {_describe(*inputs)} ({type(err).__name__}: {err}); "
+                         "inputs must have the shape and dtype the model takes") from err
+    try:
+        return loss_fn(out, targets)
+    except _CALL_ERRORS as err:
+        classes = out.shape[-1] if isinstance(out, Tensor) and out.dim() else "C"
+        raise ValueError(
+            f"loss_fn failed on outputs {_describe(out)} and targets {_describe(targets)} "
+            f"({type(err).__name__}: {err}); targets must suit loss_fn, e.g. int64 class indices in "
+            f"[0, {classes}) of shape [B] for cross-entropy"
+        ) from err
+
+
 def functional_losses(model: nn.Module, loss_fn: LossFn) -> Callable[[Tensor, Inputs, Tensor], Tensor]:
     """A pure function ``(w, inputs, targets) -> per-sample losses [B]`` of the flat parameters.
 
@@ -139,7 +175,7 @@ def functional_losses(model: nn.Module, loss_fn: LossFn) -> Callable[[Tensor, In
 
     def fn(w: Tensor, inputs: Inputs, targets: Tensor) -> Tensor:
         inputs = as_tuple(inputs)
-        losses = loss_fn(outputs(w, inputs), targets)
+        losses = call_loss(loss_fn, lambda: outputs(w, inputs), inputs, targets)
         if losses.shape != (inputs[0].shape[0],):
             raise ValueError(
                 f"loss_fn must return per-sample losses of shape [B]=[{inputs[0].shape[0]}] "
@@ -159,3 +195,25 @@ def batchable(model: nn.Module) -> bool:
     (True, False)
     """
     return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+
+
+def check_per_sample(model: nn.Module, what: str) -> None:
+    """Refuse a model with a BatchNorm layer in training mode for a per-sample quantity ``what``.
+
+    In training mode BatchNorm normalises by the statistics of the batch it is given, which couples the
+    samples: the gradient of one sample's loss alone is then not defined (BatchNorm1d refuses a batch
+    of one, BatchNorm2d normalises one image by itself). The callers' ``eval_mode=True`` default uses
+    the running statistics instead.
+
+    Raises:
+        ValueError: naming ``what``, the layer, and the two ways out.
+
+    >>> check_per_sample(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).eval(), "trace_V")
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+            raise ValueError(
+                f"{what}: the model's BatchNorm layer {name or type(module).__name__!r} is in training mode, "
+                "where per-sample gradients are not defined (batch statistics couple the samples); pass "
+                "eval_mode=True (the default) or call model.eval() first"
+            )

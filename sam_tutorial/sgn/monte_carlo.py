@@ -36,8 +36,8 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_int
+from sam_tutorial.sgn.functional import batchable, flat_params, functional_losses
 from sam_tutorial.sgn.functional import eval_mode as _eval
-from sam_tutorial.sgn.functional import flat_params, functional_losses
 
 __all__ = ["MonteCarloMoments", "batch_grads", "covariance_mismatch", "monte_carlo_moments", "sample_batches"]
 
@@ -150,7 +150,14 @@ def batch_grads(
         def mean_loss(w: Tensor, xs: tuple[Tensor, ...], y: Tensor) -> Tensor:
             return losses(w, xs, y).mean()
 
-        per_batch = vmap(grad(mean_loss), in_dims=(None, 0, 0), randomness="different")
+        one = grad(mean_loss)
+        vmapped = vmap(one, in_dims=(None, 0, 0), randomness="different")
+        batched = batchable(model)  # BatchNorm on batch statistics writes its (cloned) buffers: a loop
+
+        def per_batch(w: Tensor, xs: tuple[Tensor, ...], y: Tensor) -> Tensor:
+            if batched:
+                return vmapped(w, xs, y)
+            return torch.stack([one(w, tuple(t[i] for t in xs), y[i]) for i in range(len(y))])
         rows = []
         for start in range(0, num, step):
             idx = batches[start : start + step].to(device)

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch
+from sam_tutorial.sgn.functional import check_per_sample, flat_params, functional_losses
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
-from sam_tutorial.sgn.functional import flat_params, functional_losses
 
 __all__ = ["per_sample_grads"]
 
@@ -47,6 +47,7 @@ def _grad_chunks(
     """Yield per-sample gradients ``[c, P]`` chunk by chunk (call inside an eval-mode block)."""
     inputs = as_tuple(inputs)
     batch = check_batch(inputs, targets)
+    check_per_sample(model, "per-sample gradients")
     fn = functional_losses(model, loss_fn)
     w = flat_params(model)
     step = _chunk_size(chunk_size, batch, w.numel())
@@ -88,7 +89,8 @@ def per_sample_grads(
 
     Raises:
         ValueError: if ``inputs`` and ``targets`` disagree on the batch size, ``loss_fn`` does not
-            return shape ``[B]``, or ``chunk_size < 1``.
+            return shape ``[B]``, ``chunk_size < 1``, or a BatchNorm layer is in training mode with
+            ``eval_mode=False``.
 
     >>> net = torch.nn.Linear(2, 1, bias=False)
     >>> x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import softplus
 
-from sam_tutorial.config import check_int
+from sam_tutorial.config import check_int, check_nonneg, check_seed
 
 __all__ = [
     "LogisticProblem",
@@ -108,10 +108,16 @@ def make_quadratic_problem(
     (torch.Size([3, 2, 2]), torch.Size([3, 2]))
     """
     n, dim = check_int("n", n), check_int("dim", dim)
+    if not isinstance(curvature_range, tuple | list) or len(curvature_range) != 2:
+        raise ValueError(f"curvature_range must be a pair (low, high) with 0 <= low <= high, got "
+                         f"{curvature_range!r}")
     low, high = curvature_range
-    if not 0 <= low <= high:
-        raise ValueError(f"curvature_range must satisfy 0 <= low <= high, got {curvature_range!r}")
-    gen = torch.Generator().manual_seed(seed)
+    if not 0 <= low <= high or not math.isfinite(high):
+        raise ValueError(f"curvature_range must satisfy 0 <= low <= high (finite), got {curvature_range!r}")
+    check_nonneg("spread", spread)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype (e.g. torch.float64), got {dtype!r}")
+    gen = torch.Generator().manual_seed(check_seed("seed", seed))
     q, _ = torch.linalg.qr(torch.randn(n, dim, dim, generator=gen, dtype=torch.float64))
     lam = low + (high - low) * torch.rand(n, dim, generator=gen, dtype=torch.float64)
     curv = q @ torch.diag_embed(lam) @ q.transpose(1, 2)

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
-from sam_tutorial.config import check_int, check_nonneg
+from sam_tutorial.config import check_int, check_nonneg, check_seed
 from sam_tutorial.sgn.batches import batch_distribution
 from sam_tutorial.sgn.monte_carlo import sample_batches
 
@@ -52,6 +52,7 @@ __all__ = [
     "discrete_trajectory",
     "expected_update",
     "parse_variant",
+    "problem_size",
     "update_direction",
 ]
 
@@ -116,6 +117,34 @@ def check_sizes(n: int, variant: Variant, b: int, m: int | None, replacement: bo
             f"m is only used by 'm-usam' and 'm-sam' (or must equal b); got m={m!r} for {variant.name!r}"
         )
     return b
+
+
+def problem_size(problem: ProblemFn, x: object, name: str = "x") -> int:
+    """The number n of per-sample losses of ``problem`` at ``x`` (``[d]`` or ``[..., d]``: its first row).
+
+    Raises:
+        ValueError: naming ``name`` if it is not a floating-point tensor, or the problem cannot take it
+            (another dimension d or dtype than the problem's).
+
+    >>> from sam_tutorial.theory.problems import make_quadratic_problem
+    >>> problem_size(make_quadratic_problem(n=3, dim=2), torch.zeros(2, dtype=torch.float64))
+    3
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() == 0 or x.shape[-1] == 0:
+        found = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a floating-point tensor [d] (or [n_paths, d]), got {found}")
+    try:
+        losses = problem(x.reshape(-1, x.shape[-1])[0])
+    except (RuntimeError, IndexError, TypeError) as err:
+        raise ValueError(f"{name} of shape {tuple(x.shape)} and dtype {x.dtype} does not fit the problem "
+                         f"({type(err).__name__}: {err}); give it the problem's dimension d and dtype"
+                         ) from err
+    if losses.dim() != 1:
+        raise ValueError(f"problem must return per-sample losses [n] at one point, got {tuple(losses.shape)}")
+    if losses.dtype != x.dtype:
+        raise ValueError(f"{name} has dtype {x.dtype} but the problem computes in {losses.dtype}; pass "
+                         f"{name}.to({losses.dtype})")
+    return int(losses.shape[-1])
 
 
 def _weighted_grad(problem: ProblemFn) -> Callable[[Tensor, Tensor], Tensor]:
@@ -184,7 +213,7 @@ def update_direction(
     True
     """
     v = parse_variant(variant)
-    n = problem(x).shape[-1]
+    n = problem_size(problem, x)
     check_sizes(n, v, indices.shape[0], m, replacement=True)
     indices = indices.to(x.device)
     whole = _weights(indices, n, indices.shape[0], x.dtype)
@@ -237,7 +266,7 @@ def expected_update(
     True
     """
     v = parse_variant(variant)
-    n = problem(x).shape[-1]
+    n = problem_size(problem, x)
     size = check_sizes(n, v, b, m, replacement)
     if v.scope == "full":
         uniform = torch.full((1, n), 1.0 / n, dtype=x.dtype, device=x.device)
@@ -302,9 +331,10 @@ def discrete_trajectory(
     True
     """
     v = parse_variant(variant)
-    n = problem(x0.reshape(-1, x0.shape[-1])[0]).shape[-1]
+    n = problem_size(problem, x0, "x0")
     size = check_sizes(n, v, b, m, replacement)
     _check_run(eta, rho, n_steps, n_paths)
+    check_seed("seed", seed)
     x = x0.expand(n_paths, x0.shape[-1]).clone() if x0.dim() == 1 else x0.clone()
     if x.shape[0] != n_paths:
         raise ValueError(f"x0 must be [d] or [n_paths, d] = [{n_paths}, d]; got {tuple(x0.shape)}")

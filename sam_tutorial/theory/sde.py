@@ -54,6 +54,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jacrev, vmap
 
+from sam_tutorial.config import check_seed
 from sam_tutorial.sgn.batches import BatchDistribution, batch_distribution, batch_noise_coefficient
 from sam_tutorial.theory.recursions import (
     ProblemFn,
@@ -62,6 +63,7 @@ from sam_tutorial.theory.recursions import (
     check_sizes,
     discrete_trajectory,
     parse_variant,
+    problem_size,
 )
 
 __all__ = ["WeakError", "diffusion_matrix", "drift", "euler_maruyama", "implicit_regularizer", "weak_error"]
@@ -77,7 +79,7 @@ def _setup(
     max_batches: int,
 ) -> tuple[Variant, int, int, BatchDistribution | None]:
     v = parse_variant(variant)
-    n = problem(x.reshape(-1, x.shape[-1])[0]).shape[-1]
+    n = problem_size(problem, x, "x0" if x.dim() > 1 else "x")
     size = check_sizes(n, v, b, m, replacement)
     law = None
     if v.normalize and v.scope != "full":
@@ -240,7 +242,7 @@ def diffusion_matrix(problem: ProblemFn, x: Tensor, *, b: int, replacement: bool
     >>> torch.allclose(diffusion_matrix(p, x, b=4).trace(), torch.tensor(0.0, dtype=torch.float64))
     True
     """
-    n = problem(x.reshape(-1, x.shape[-1])[0]).shape[-1]
+    n = problem_size(problem, x)
     coeff = batch_noise_coefficient(n, b, replacement=replacement)
 
     def sigma(z: Tensor) -> Tensor:
@@ -325,7 +327,7 @@ def euler_maruyama(
     x = x0.expand(n_paths, x0.shape[-1]).clone() if x0.dim() == 1 else x0.clone()
     if x.shape[0] != n_paths:
         raise ValueError(f"x0 must be [d] or [n_paths, d] = [{n_paths}, d]; got {tuple(x0.shape)}")
-    gen = torch.Generator(device=x.device).manual_seed(seed)
+    gen = torch.Generator(device=x.device).manual_seed(check_seed("seed", seed))
     h = eta / substeps
     out = [x]
     for _ in range(n_steps):
