@@ -50,6 +50,18 @@ VISIBLE_TEXT_JS = """
 
 PAGE_FACTS_JS = """
 () => {
+  // each TeX error with its message and the TeX source MathJax was given
+  const texErrors = () => {
+    const bad = Array.from(document.querySelectorAll('mjx-merror'));
+    if (!bad.length) return [];
+    const items = (window.MathJax && MathJax.startup && MathJax.startup.document)
+        ? Array.from(MathJax.startup.document.math) : [];
+    return bad.map(e => {
+      const box = e.closest('mjx-container');
+      const item = items.find(m => m.typesetRoot === box);
+      return (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 60) + (item ? ' in ' + item.math.slice(0, 80) : '');
+    });
+  };
   const math = Array.from(document.querySelectorAll('.math, span.math, div.math'));
   const untypeset = math.filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.slice(0, 80));
   const images = Array.from(document.images).map(i => ({src: i.getAttribute('src') || '', ok: i.complete && i.naturalWidth > 0}));
@@ -57,7 +69,7 @@ PAGE_FACTS_JS = """
     math: math.length,
     typeset: document.querySelectorAll('mjx-container').length,
     untypeset: untypeset,
-    tex_errors: Array.from(document.querySelectorAll('mjx-merror')).map(e => e.textContent.slice(0, 80)),
+    tex_errors: texErrors(),
     images: images,
     mathjax_loaded: typeof window.MathJax === 'object' && !!window.MathJax.startup,
   };

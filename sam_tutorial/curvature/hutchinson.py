@@ -1,7 +1,7 @@
-r"""Hutchinson's estimator of the Hessian trace, :math:`\\operatorname{tr}H=\\mathbb E[z^\top Hz]`
-for probes with :math:`\\mathbb E[zz^\top]=I`, and the variance of one probe (claim C9): for a symmetric
-matrix :math:`A`, Rademacher probes give :math:`2\\sum_{i\ne j}A_{ij}^2` and Gaussian probes
-:math:`2\\|A\\|_F^2`.
+r"""Hutchinson's estimator of the Hessian trace, :math:`\operatorname{tr}H=\mathbb E[z^\top Hz]`
+for probes with :math:`\mathbb E[zz^\top]=I`, and the variance of one probe (claim C9): for a symmetric
+matrix :math:`A`, Rademacher probes give :math:`2\sum_{i\ne j}A_{ij}^2` and Gaussian probes
+:math:`2\|A\|_F^2`.
 
 The same two probe kinds drive RW-SAM's finite-difference scores (:mod:`sam_tutorial.optim.rwsam`).
 

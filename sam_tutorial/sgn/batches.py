@@ -1,13 +1,13 @@
 r"""The law of a mini-batch gradient: the noise coefficient :math:`c_B`, the distribution of
-index sets, and the exact first two moments of :math:`g_\\gamma` (paper §3.1, claims C1 and C2).
+index sets, and the exact first two moments of :math:`g_\gamma` (paper §3.1, claims C1 and C2).
 
-A mini-batch gradient :math:`g_\\gamma=\frac1{|\\gamma|}\\sum_{i\\in\\gamma}\nabla f_i` has
-:math:`\\operatorname{Cov}(g_\\gamma)=c_B V`, hence (C1)
+A mini-batch gradient :math:`g_\gamma=\frac1{|\gamma|}\sum_{i\in\gamma}\nabla f_i` has
+:math:`\operatorname{Cov}(g_\gamma)=c_B V`, hence (C1)
 
 .. math::
 
-    \\mathbb E\\|g_\\gamma\\|^2 = \\|\nabla f\\|^2 + c_B\\operatorname{tr}V,\\qquad
-    c_B=\tfrac1B\\ \text{(with replacement)},\\quad c_B=\tfrac{n-B}{B(n-1)}\\ \text{(without)}.
+    \mathbb E\|g_\gamma\|^2 = \|\nabla f\|^2 + c_B\operatorname{tr}V,\qquad
+    c_B=\tfrac1B\ \text{(with replacement)},\quad c_B=\tfrac{n-B}{B(n-1)}\ \text{(without)}.
 
 Everything here takes the per-sample gradients ``[n, P]`` (or nothing but sizes): no model.
 

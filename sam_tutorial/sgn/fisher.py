@@ -1,6 +1,6 @@
 r"""The true Fisher information trace, labels drawn from the model's own predictive distribution
-(paper §3.5): :math:`\\operatorname{tr}F = \\mathbb E_x\\mathbb E_{\\hat y\\sim p_x}\\|\nabla\\ell(x,\\hat
-y)\\|^2`.
+(paper §3.5): :math:`\operatorname{tr}F = \mathbb E_x\mathbb E_{\hat y\sim p_x}\|\nabla\ell(x,\hat
+y)\|^2`.
 
 Near a minimum of a log-loss the paper argues :math:`V\approx F\approx\nabla^2 f`; chapter 2 shows
 where that chain holds and where it fails (at an interpolating minimum :math:`V\to 0` while

@@ -2,13 +2,13 @@ r"""Linear stability of GD, USAM and SAM at a quadratic minimum, and the geometr
 landscape (:class:`~sam_tutorial.theory.problems.SharpFlatProblem`) that chapter 1 uses to predict
 when each leaves the sharp basin.
 
-On :math:`f=\frac\\lambda2\\|x-a\\|^2` (full batch, plain SGD base with learning rate :math:`\\eta`):
+On :math:`f=\frac\lambda2\|x-a\|^2` (full batch, plain SGD base with learning rate :math:`\eta`):
 
-* GD, :math:`x-a\\leftarrow(1-\\eta\\lambda)(x-a)`: stable iff :math:`\\eta\\lambda<2`;
-* USAM, :math:`x-a\\leftarrow(1-\\eta\\lambda-\\eta\rho\\lambda^2)(x-a)`: stable iff
-  :math:`\rho<\rho_U=(2/\\eta-\\lambda)/\\lambda^2` (:func:`usam_critical_rho`);
-* SAM never converges to :math:`a`: for :math:`\\eta\\lambda<2` it settles on a 2-cycle
-  :math:`\\pm A\\,u` with :math:`A=\\eta\\lambda\rho/(2-\\eta\\lambda)` (:func:`sam_cycle_amplitude`).
+* GD, :math:`x-a\leftarrow(1-\eta\lambda)(x-a)`: stable iff :math:`\eta\lambda<2`;
+* USAM, :math:`x-a\leftarrow(1-\eta\lambda-\eta\rho\lambda^2)(x-a)`: stable iff
+  :math:`\rho<\rho_U=(2/\eta-\lambda)/\lambda^2` (:func:`usam_critical_rho`);
+* SAM never converges to :math:`a`: for :math:`\eta\lambda<2` it settles on a 2-cycle
+  :math:`\pm A\,u` with :math:`A=\eta\lambda\rho/(2-\eta\lambda)` (:func:`sam_cycle_amplitude`).
 
 These are the book's own derivations (chapter 1, "SAM on a quadratic").
 
