@@ -42,8 +42,8 @@ RAW_TABLE = re.compile(r"\|\s*:?-{3,}:?\s*\|")
 VISIBLE_TEXT_JS = """
 () => {
   const body = document.body.cloneNode(true);
-  body.querySelectorAll('pre, code, script, style, mjx-container, mjx-assistive-mml, .MathJax, noscript, textarea')
-      .forEach(e => e.remove());
+  const hidden = 'pre, code, script, style, mjx-container, mjx-assistive-mml, .MathJax, noscript, textarea';
+  body.querySelectorAll(hidden).forEach(e => e.remove());
   return body.innerText;
 }
 """
@@ -59,12 +59,14 @@ PAGE_FACTS_JS = """
     return bad.map(e => {
       const box = e.closest('mjx-container');
       const item = items.find(m => m.typesetRoot === box);
-      return (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 60) + (item ? ' in ' + item.math.slice(0, 80) : '');
+      const message = (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 60);
+      return message + (item ? ' in ' + item.math.slice(0, 80) : '');
     });
   };
   const math = Array.from(document.querySelectorAll('.math, span.math, div.math'));
   const untypeset = math.filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.slice(0, 80));
-  const images = Array.from(document.images).map(i => ({src: i.getAttribute('src') || '', ok: i.complete && i.naturalWidth > 0}));
+  const images = Array.from(document.images).map(
+      i => ({src: i.getAttribute('src') || '', ok: i.complete && i.naturalWidth > 0}));
   return {
     math: math.length,
     typeset: document.querySelectorAll('mjx-container').length,
@@ -79,9 +81,9 @@ PAGE_FACTS_JS = """
 WAIT_MATHJAX_JS = """
 async () => {
   if (!document.querySelector('.math')) return 'no math';
-  for (let i = 0; i < 200 && !(window.MathJax && window.MathJax.startup && window.MathJax.startup.promise); i++)
-    await new Promise(r => setTimeout(r, 50));
-  if (!(window.MathJax && window.MathJax.startup && window.MathJax.startup.promise)) return 'mathjax missing';
+  const ready = () => window.MathJax && window.MathJax.startup && window.MathJax.startup.promise;
+  for (let i = 0; i < 200 && !ready(); i++) await new Promise(r => setTimeout(r, 50));
+  if (!ready()) return 'mathjax missing';
   await window.MathJax.startup.promise;
   return 'typeset';
 }
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                           "problems": [f"{type(exc).__name__}: {exc}"], "blocked": []}
             results.append(result)
             status = "ok  " if result["ok"] else "FAIL"
-            extra = f"  math {result.get('typeset', 0)}/{result.get('math', 0)}, images {result.get('images', 0)}"
+            extra = (f"  math {result.get('typeset', 0)}/{result.get('math', 0)},"
+                     f" images {result.get('images', 0)}")
             if result["blocked"]:
                 extra += f", {len(result['blocked'])} non-file requests blocked"
             print(f"{status} {result['page']}{extra}")
