@@ -122,9 +122,10 @@ def functional_outputs(model: nn.Module) -> Callable[[Tensor, Inputs], Tensor]:
     return fn
 
 
-_CALL_ERRORS = (RuntimeError, IndexError, TypeError)
+_CALL_ERRORS = (RuntimeError, IndexError, TypeError, AssertionError)
 """What torch raises for inputs or targets that do not suit the model or the loss (shapes, dtypes,
-class indices out of range); re-raised as ``ValueError`` with the shapes and dtypes."""
+class indices out of range; under ``vmap`` some decompositions assert); re-raised as ``ValueError``
+with the shapes and dtypes."""
 
 
 def _describe(*tensors: object) -> str:

@@ -77,9 +77,10 @@ def _setup(
     m: int | None,
     replacement: bool,
     max_batches: int,
+    name: str = "x",
 ) -> tuple[Variant, int, int, BatchDistribution | None]:
     v = parse_variant(variant)
-    n = problem_size(problem, x, "x0" if x.dim() > 1 else "x")
+    n = problem_size(problem, x, name)
     size = check_sizes(n, v, b, m, replacement)
     law = None
     if v.normalize and v.scope != "full":
@@ -311,7 +312,7 @@ def euler_maruyama(
     _check_run(eta, rho, n_steps, n_paths)
     if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
         raise ValueError(f"substeps must be an integer >= 1, got {substeps!r}")
-    v, n, size, law = _setup(problem, x0, variant, b, m, replacement, max_batches)
+    v, n, size, law = _setup(problem, x0, variant, b, m, replacement, max_batches, "x0")
     reg = _regularizer_fn(problem, v, n, size, rho, replacement, law)
     quarter_eta = 0.25 * eta if include_eta_term else 0.0
 
