@@ -2,17 +2,18 @@ r"""Stochastic gradient noise (SGN): the per-sample gradients :math:`\nabla f_i`
 :math:`V` (trace and spectrum), the law of a mini-batch gradient (:math:`c_B`, claims C1-C2) and the
 Fisher information (paper §3).
 
-================== ===================================================================
-module             what it computes
-================== ===================================================================
-``functional``     a model as a pure function of one flat parameter vector
-``per_sample``     per-sample gradients ``[n, P]`` (``torch.func``, chunked)
-``fast_norms``     per-sample gradient norms in one forward + backward (module hooks)
-``variance``       :math:`\operatorname{tr}V`, its spectrum and eigenvectors, the empirical Fisher
-``batches``        :math:`c_B`, the law of index sets, exact moments of :math:`g_\gamma` (C1, C2)
-``monte_carlo``    the same moments by sampling batches (an independent check)
-``fisher``         the true Fisher trace, labels drawn from the model
-================== ===================================================================
+==================== ===================================================================
+module               what it computes
+==================== ===================================================================
+``functional``       a model as a pure function of one flat parameter vector
+``per_sample``       per-sample gradients ``[n, P]`` (``torch.func``, chunked)
+``fast_norms``       per-sample gradient norms in one forward + backward (module hooks)
+``variance``         :math:`\operatorname{tr}V`, its spectrum and eigenvectors, the empirical Fisher
+``batches``          :math:`c_B`, the law of index sets, exact moments of :math:`g_\gamma` (C1, C2)
+``monte_carlo``      the same moments by sampling batches (an independent check)
+``fisher``           the true Fisher trace, labels drawn from the model
+``curvature_noise``  :math:`\frac12\nabla\operatorname{tr}V=\operatorname{Cov}_i(H_i,\nabla f_i)` (the SGN drift)
+==================== ===================================================================
 """
 
 from sam_tutorial.sgn.batches import (
