@@ -12,7 +12,7 @@ module               what it computes
 ``batches``          :math:`c_B`, the law of index sets, exact moments of :math:`g_\gamma` (C1, C2)
 ``monte_carlo``      the same moments by sampling batches (an independent check)
 ``fisher``           the true Fisher trace, labels drawn from the model
-``curvature_noise``  :math:`\frac12\nabla\operatorname{tr}V=\operatorname{Cov}_i(H_i,\nabla f_i)` (the SGN drift)
+``curvature_noise``  :math:`\tfrac12\nabla\operatorname{tr}V=\operatorname{Cov}_i(H_i,\nabla f_i)`
 ==================== ===================================================================
 """
 
