@@ -1,0 +1,237 @@
+"""Chapter 6's view of the paper's configurations: the paper's numbers with their source tags, the
+settings the catalogue had to choose (read from the catalogue's run specifications, not retyped), and the
+cost of the full tables, extrapolated from measured step times.
+
+Source tags (``reference/paper.md`` §0): ``[N]`` a third-party note of the paper (numbers without standard
+deviations), ``[A]`` the arXiv pages. The paper's full text was not available.
+
+>>> table = paper_tables()
+>>> table["Table 1"][0]["SAM"], table["Table 4"][-1]["noise"]
+(95.99, '80 %')
+>>> sorted(assumed_settings()["epochs"])
+['200']
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CIFAR_TRAIN",
+    "OVERHEAD_CLAIM",
+    "TABLE2",
+    "TABLE6",
+    "assumed_settings",
+    "bench_epoch_seconds",
+    "default_of",
+    "epoch_seconds",
+    "step_fit",
+    "load_timings",
+    "paper_experiments",
+    "paper_tables",
+    "results_folder",
+    "table_cost",
+]
+
+CIFAR_TRAIN = 50_000
+"""Training images per epoch of CIFAR-10/100."""
+
+TABLE2 = {
+    "ImageNet, ResNet-50": (76.67, 77.16, 77.37),
+    "ViT-B/16 fine-tuning, CIFAR-10": (98.24, 98.40, 98.58),
+    "ViT-B/16 fine-tuning, CIFAR-100": (88.71, 89.63, 89.89),
+}
+"""Paper Table 2 [N]: top-1 accuracy (%) of the baseline (SGD; probably AdamW for ViT), SAM, RW-SAM."""
+
+TABLE6 = {"SGD": (572.39, 24.15), "SAM": (198.40, 6.20), "RW-SAM": (177.79, 5.10)}
+"""Paper Table 6 [N]: tr V at the solution (mean ± std); model and data set UNCONFIRMED."""
+
+OVERHEAD_CLAIM = {"rw-sam/sam": 7 / 6, "m": 64, "m-sam/sam": 2.0}
+"""[N]: RW-SAM matches m-SAM(m = 64) at about 1/6 extra time over SAM, while m-SAM(64) costs about 2x."""
+
+
+def _paper() -> Any:
+    from sam_tutorial.engine.catalog import paper
+
+    return paper
+
+
+def paper_experiments() -> list[str]:
+    """Names of the catalogue's paper experiments (``table1-*``, ``table4-*``, ``table6-*``)."""
+    from sam_tutorial.engine.experiments import EXPERIMENTS
+
+    return [name for name in EXPERIMENTS if name.startswith("table")]
+
+
+def paper_tables() -> dict[str, list[dict[str, Any]]]:
+    """The paper's Tables 1, 2, 4 and 6 as rows (Tables 1 and 4 from the catalogue's constants)."""
+    paper = _paper()
+    names = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "wrn28-10": "WRN-28-10"}
+    t1 = [
+        {
+            "model": names[m],
+            "data": d.upper().replace("CIFAR", "CIFAR-"),
+            "SGD": v[0],
+            "SAM": v[1],
+            "RW-SAM": v[2],
+            "experiment": f"table1-{m}-{d}",
+        }
+        for (m, d), v in paper.TABLE1.items()
+    ]
+    t2 = [{"setting": k, "baseline": v[0], "SAM": v[1], "RW-SAM": v[2]} for k, v in TABLE2.items()]
+    t4 = [
+        {
+            "noise": f"{round(q * 100)} %",
+            "SGD": v[0],
+            "SAM": v[1],
+            "RW-SAM": v[2],
+            "experiment": f"table4-noise{round(q * 100)}",
+        }
+        for q, v in paper.TABLE4.items()
+    ]
+    t6 = [{"optimizer": k, "tr V": v[0], "std": v[1]} for k, v in TABLE6.items()]
+    return {"Table 1": t1, "Table 2": t2, "Table 4": t4, "Table 6": t6}
+
+
+def default_of(fn: Callable[..., Any], name: str) -> Any:
+    """The default value of parameter ``name`` of ``fn`` (read from its signature, never retyped)."""
+    return inspect.signature(fn).parameters[name].default
+
+
+_SETTINGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "nesterov",
+    "schedule",
+    "warmup_epochs",
+    "augment",
+    "rho",
+    "lam",
+    "delta",
+    "metric_samples",
+)
+
+
+def assumed_settings() -> dict[str, set[str]]:
+    """Every value the catalogue's paper experiments (``paper`` mode) use for each training setting the
+    paper does not state, with RW-SAM's option defaults, the seeds and the label-noise model."""
+    from sam_tutorial.engine.experiments import get_experiment
+    from sam_tutorial.optim import RWSAM
+
+    out: dict[str, set[str]] = {}
+    for name in paper_experiments():
+        exp = get_experiment(name)
+        for spec in exp.runs("paper"):
+            cfg = spec.train.to_dict()
+            for key in _SETTINGS:
+                if key == "metric_samples" and not cfg["metrics"]:
+                    continue
+                if key in ("lam", "delta") and cfg["optimizer"] != "rw-sam":
+                    continue
+                if key == "rho" and cfg["optimizer"] == "sgd":
+                    continue
+                value = cfg[key] if key != "rho" else f"{cfg['rho']} ({spec.data.name})"
+                out.setdefault(key, set()).add(str(value))
+            if spec.data.label_noise:
+                out.setdefault("label_noise_kind", set()).add(spec.data.label_noise_kind)
+            out.setdefault("seeds", set()).add(", ".join(map(str, exp.seeds["paper"])))
+            if cfg["optimizer"] == "rw-sam":
+                for option in (
+                    "weighted_descent",
+                    "probe",
+                    "normalize_probe",
+                    "n_probes",
+                    "transform",
+                    "standardize",
+                    "mix",
+                ):
+                    value = cfg["options"].get(option, default_of(RWSAM.__init__, option))
+                    out.setdefault(f"RW-SAM {option}", set()).add(str(value))
+    return out
+
+
+def load_timings(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """The step-time files of ``tools/time_paper_models.py`` in ``folder`` (``paper-timing-*.json``),
+    by device type (``cpu``, ``cuda``)."""
+    out = {}
+    for path in sorted(Path(folder).glob("paper-timing-*.json")):
+        data = json.loads(path.read_text())
+        if data.get("format") == "sam_tutorial.timing/1":
+            out[str(data["provenance"]["device"]).split(":")[0]] = data | {"path": str(path)}
+    return out
+
+
+def step_fit(timing: Mapping[str, Any], model: str, optimizer: str) -> tuple[float, float]:
+    """``(a, b)`` of ``t = a + b * batch`` through the step times measured at the smallest and largest batch
+    (``a``: per-step costs such as the probe and the parameter update, kept >= 0; ``b``: per image)."""
+    steps = timing["models"][model]["seconds_per_step"]
+    sizes = sorted(steps, key=int)
+    b0, b1 = int(sizes[0]), int(sizes[-1])
+    t0, t1 = float(steps[sizes[0]][optimizer]), float(steps[sizes[-1]][optimizer])
+    if b1 == b0:
+        return 0.0, t0 / b0
+    slope = (t1 - t0) / (b1 - b0)
+    intercept = t0 - slope * b0
+    if intercept < 0 or slope <= 0:  # noise: fall back to the larger batch's time per image
+        return 0.0, t1 / b1
+    return intercept, slope
+
+
+def epoch_seconds(
+    timing: Mapping[str, Any], model: str, optimizer: str, *, batch: int = 128, images: int = CIFAR_TRAIN
+) -> float:
+    """Seconds per epoch of ``images`` images at ``batch`` per step, from :func:`step_fit`.
+
+    ``optimizer`` is ``sgd``, ``sam``, ``rw-sam`` or ``m-sam-half-loop`` (m-SAM with two micro-batches).
+    """
+    a, b = step_fit(timing, model, optimizer)
+    return (a + b * batch) * (images // batch)
+
+
+def bench_epoch_seconds(
+    bench: Mapping[str, Any], optimizer: str, *, scale: float = 1.0, images: int = CIFAR_TRAIN
+) -> float:
+    """Seconds per epoch from a benchmark file (``results/bench-*.json``: step times at its batch size),
+    times ``scale`` (e.g. the ratio of another model's FLOPs per image to the benchmarked model's)."""
+    return float(bench["times"][optimizer]) * (images // int(bench["batch"])) * scale
+
+
+def results_folder() -> Path:
+    """``results/`` of the working directory, of its parent (a notebook runs in ``book/``) or of the
+    repository the package was installed from.
+
+    Raises:
+        FileNotFoundError: if none has one.
+    """
+    for root in (Path.cwd(), Path.cwd().parent, Path(__file__).resolve().parents[2]):
+        if (root / "results").is_dir():
+            return root / "results"
+    raise FileNotFoundError(
+        "no results/ folder in the working directory, its parent or the package's repository"
+    )
+
+
+def table_cost(
+    per_epoch: Callable[[str, str], float], experiments: list[str] | None = None
+) -> dict[str, float]:
+    """Hours to train every run and seed of each paper experiment in ``paper`` mode (200 epochs, 3 seeds
+    and the runs of the catalogue), given ``per_epoch(model, optimizer)`` in seconds."""
+    from sam_tutorial.engine.experiments import get_experiment
+
+    out = {}
+    for name in experiments if experiments is not None else paper_experiments():
+        exp = get_experiment(name)
+        seconds = sum(
+            per_epoch(str(spec.tags["model"]), spec.train.optimizer) * spec.train.epochs
+            for spec in exp.runs("paper")
+            for _ in exp.seeds["paper"]
+        )
+        out[name] = seconds / 3600
+    return out
