@@ -231,9 +231,9 @@ def _check_arguments(model: nn.Module, data: Dataset, config: TrainConfig, seed:
     if not any(p.requires_grad for p in params):
         raise ValueError("model has no parameter with requires_grad=True: there is nothing to train")
     x, y = data.train
-    if len(x) != len(y) or y.ndim != 1 or y.dtype != torch.int64:
-        raise ValueError(f"data.train must be inputs [N, ...] and int64 labels [N]; got {tuple(x.shape)} and "
-                         f"{y.dtype} {tuple(y.shape)}")
+    if len(x) != len(y) or y.ndim != 1 or y.dtype not in (torch.int64, torch.uint8):
+        raise ValueError(f"data.train must be inputs [N, ...] and int64 labels [N] (what cross-entropy "
+                         f"takes); got {tuple(x.shape)} and {y.dtype} {tuple(y.shape)}")
     for split, labels in (("train", y), ("test", data.test[1])):
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= data.num_classes):
             raise ValueError(f"data.{split} labels must lie in [0, num_classes={data.num_classes}), found "

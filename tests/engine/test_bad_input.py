@@ -305,6 +305,19 @@ def test_fit_refuses_before_training(make: Any, kwargs: dict, message: str) -> N
     assert _same(before, _state(model)) and next(model.parameters()).device.type == "cpu"
 
 
+@pytest.mark.parametrize("labels", ["int32", "float", "column"])
+def test_fit_refuses_labels_cross_entropy_cannot_take(labels: str) -> None:
+    data = toy_dataset()
+    y = data.train[1]
+    y = {"int32": y.int(), "float": y.float(), "column": y[:, None]}[labels]
+    bad = type(data)("toy", (data.train[0], y), data.test, num_classes=3, clean_train_targets=y)
+    model = _mlp()
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"data.train must be inputs \[N, ...\] and int64 labels \[N\]"):
+        fit(model, bad, CFG)
+    assert _same(before, _state(model))
+
+
 def test_fit_refuses_labels_outside_the_classes() -> None:
     data = toy_dataset()
     bad = type(data)("toy", (data.train[0], data.train[1] + 1), data.test, num_classes=3,
