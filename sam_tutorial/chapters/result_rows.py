@@ -143,11 +143,12 @@ def study_rows(study: Mapping[str, Any] | None, source: str = "results/ch5-rwsam
             key=lambda s: -int(s.rsplit("m", 1)[-1]),
         )
         if m_arms:
+            m_largest = m_arms[0].rsplit("m", 1)[-1]
             eq = _diff(study, "compare", arm, m_arms[0], "test_acc")
             rows.append(
                 Row(
                     "≈ m-SAM",
-                    f"test acc. RW-SAM ({reading}) ≈ m-SAM ({m_arms[0][6:]}; the paper: m = 64)",
+                    f"test acc. RW-SAM ({reading}) ≈ m-SAM (m = {m_largest}; the paper: m = 64)",
                     "ch. 5 §7",
                     "MNIST-1D",
                     "—" if eq is None else f"{eq.text(100, ' pt')}",

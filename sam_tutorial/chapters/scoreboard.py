@@ -77,8 +77,10 @@ class Difference:
         return "contradicted"
 
     def text(self, scale: float = 1.0, unit: str = "") -> str:
-        se = "" if self.se is None else f" ± {scale * self.se:.2g}"
-        return f"{scale * self.diff:+.3g}{se}{unit} (n = {self.n_a}, {self.n_b})"
+        """``d ± SE unit (n = n_a, n_b)``; accuracy points (``unit=" pt"``) with two decimals."""
+        fmt = ".2f" if unit.strip() == "pt" else ".3g"
+        se = "" if self.se is None else f" ± {scale * self.se:{fmt}}"
+        return f"{scale * self.diff:+{fmt}}{se}{unit} (n = {self.n_a}, {self.n_b})"
 
 
 def difference(a: Sequence[float], b: Sequence[float]) -> Difference:
