@@ -71,10 +71,10 @@ def weights_panel(ax: Axes, batch: BatchScores, method: str, lam: float) -> None
     order = torch.argsort(batch.norms)
     p = gibbs_weights(batch.scores[method].double(), lam)[order].numpy()
     idx = np.arange(len(p))
-    colors = np.array([plotting.color("rwsam")] * len(p), dtype=object)
+    colors = np.array([plotting.color("rw-sam")] * len(p), dtype=object)
     if batch.mask is not None:
         colors[batch.mask[order].numpy()] = plotting.color("sgd")
-    ax.bar(idx, p, width=1.0, color=list(colors), linewidth=0)
+    ax.vlines(idx, 0, p, colors=list(colors), linewidth=2)  # one collection: fast for many panels
     ax.axhline(1 / len(p), color="0.4", lw=0.8, ls="--")
     rho_s = float(spearman(batch.scores[method], batch.norms))
     ax.set_title(f"{method}, λ={lam:g}: $1/\\sum p^2$={float(effective_batch(torch.tensor(p))):.1f}, "

@@ -47,6 +47,7 @@ __all__ = [
     "gibbs_value",
     "gibbs_weights",
     "maximize_on_simplex",
+    "maximize_unrelaxed",
     "probe_scores",
     "rademacher_probe",
     "spearman",
@@ -100,6 +101,25 @@ def maximize_on_simplex(scores: Tensor, lam: float, *, steps: int = 2000, lr: fl
     for _ in range(steps):
         log_q = q.log() + step * (lam * scores - q.log() - 1)
         q = torch.softmax(log_q, dim=-1)
+    return q
+
+
+def maximize_unrelaxed(grads: Tensor, lam: float, *, steps: int = 2000, lr: float = 0.2) -> Tensor:
+    r"""A maximiser of the *unrelaxed* problem :math:`\|\sum_ip_ig_i\|+\mathbb H(p)/\lambda` over the simplex
+    (rows of ``grads`` are the :math:`g_i`), by mirror ascent from the uniform distribution.
+
+    The objective is not concave (the norm is convex in :math:`p`), so this is a local maximiser. When all
+    :math:`g_i` point the same way, :math:`\|\sum_ip_ig_i\|=\sum_ip_i\|g_i\|` and the answer is the Gibbs
+    weights of the norms; otherwise the two differ, which is what RW-SAM's relaxation discards.
+    """
+    if not (math.isfinite(lam) and lam > 0):
+        raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+    q = torch.full(grads.shape[:1], 1.0 / grads.shape[0], dtype=grads.dtype, device=grads.device)
+    step = lr * min(1.0, lam)
+    for _ in range(steps):
+        v = q @ grads
+        ascent = grads @ (v / v.norm().clamp_min(torch.finfo(v.dtype).tiny)) - (q.log() + 1) / lam
+        q = torch.softmax(q.log() + step * ascent, dim=-1)
     return q
 
 

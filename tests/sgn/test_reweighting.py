@@ -17,6 +17,7 @@ from sam_tutorial.sgn.reweighting import (
     gibbs_value,
     gibbs_weights,
     maximize_on_simplex,
+    maximize_unrelaxed,
     probe_scores,
     rademacher_probe,
     spearman,
@@ -40,6 +41,17 @@ def test_gibbs_is_the_maximiser(lam) -> None:
     assert float((q - p).abs().sum()) < 1e-6  # found without using the softmax
     others = torch.distributions.Dirichlet(torch.full((12,), 0.5, dtype=DT)).sample((5000,))
     assert float(gibbs_objective(others, a, lam).max()) < float(gibbs_value(a, lam))
+
+
+def test_unrelaxed_equals_gibbs_for_parallel_gradients() -> None:
+    gen = torch.Generator().manual_seed(0)
+    direction = torch.randn(7, generator=gen, dtype=DT)
+    scale = 0.5 + 2 * torch.rand(10, 1, generator=gen, dtype=DT)
+    grads = scale * direction  # all g_i parallel: ||sum p g|| = sum p ||g||
+    q = maximize_unrelaxed(grads, 1.5, steps=3000)
+    torch.testing.assert_close(q, gibbs_weights(grads.norm(dim=1), 1.5), atol=1e-8, rtol=0)
+    opposite = torch.cat([grads[:5], -grads[5:]])  # same norms, half of them reversed: not Gibbs any more
+    assert float((maximize_unrelaxed(opposite, 1.5) - q).abs().sum()) > 0.1
 
 
 def test_gibbs_limits() -> None:
