@@ -39,3 +39,39 @@ def test_markdown_escapes_pipes() -> None:
 def test_toy_rows_are_computed() -> None:
     rows = sb.toy_rows(quick=True, claims=["C3", "C8"])
     assert [r.status for r in rows] == ["reproduced", "reproduced"] and "slope" in rows[0].measured
+
+
+def test_scoreboard_reads_a_results_folder(tmp_path) -> None:
+    """A recorded Table 1 file with the catalogue's hashes becomes measured cells; a stale one does not."""
+    import json
+
+    from sam_tutorial.engine.recorded import expected_hash, write_recorded
+
+    exp = "table1-resnet18-cifar10"
+    recs = [
+        {
+            "label": lab,
+            "seed": s,
+            "config_hash": expected_hash(exp, "paper", lab, s),
+            "metrics": {"test_acc": acc + 0.0005 * s},
+        }
+        for lab, acc in (("sgd", 0.955), ("sam", 0.960), ("rw-sam", 0.963))
+        for s in range(3)
+    ]
+    write_recorded(
+        tmp_path / f"{exp}-paper.json",
+        exp,
+        "paper",
+        recs,
+        command="test",
+        device="none",
+        wall_seconds=0.0,
+        commit="x",
+    )
+    cells = [r for r in sb.scoreboard(tmp_path, toy=False) if r.claim == "T1 resnet18 cifar10"]
+    assert [r.status for r in cells] == ["reproduced", "reproduced"]
+    stale = json.loads((tmp_path / f"{exp}-paper.json").read_text())
+    stale["records"][0]["config_hash"] = "000000000000"
+    (tmp_path / f"{exp}-paper.json").write_text(json.dumps(stale))
+    cells = [r for r in sb.scoreboard(tmp_path, toy=False) if r.claim == "T1 resnet18 cifar10"]
+    assert {r.status for r in cells} == {"not attempted"}
