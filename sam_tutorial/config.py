@@ -39,6 +39,33 @@ from torch import Tensor
 
 Mode = Literal["quick", "standard", "paper"]
 
+__all__ = [
+    "DEFAULT_MODE",
+    "DEVICE_ENV",
+    "MODES",
+    "MODE_ENV",
+    "NOTEBOOK_SECONDS",
+    "Budget",
+    "Inputs",
+    "LossFn",
+    "Mode",
+    "as_tuple",
+    "banner",
+    "budget",
+    "check_batch",
+    "check_bool",
+    "check_device",
+    "check_int",
+    "check_nonneg",
+    "check_seed",
+    "device",
+    "mode",
+    "require",
+    "rng_state",
+    "seed_everything",
+    "set_rng_state",
+]
+
 MODES: tuple[str, ...] = get_args(Mode)
 """The valid values of ``SAM_TUTORIAL_MODE``, smallest scale first."""
 
@@ -265,13 +292,14 @@ def check_nonneg(name: str, value: object, *, positive: bool = False, below: flo
     >>> check_nonneg("rho", 0.05), check_nonneg("eta", 1, positive=True), check_nonneg("beta", 0.9, below=1)
     (0.05, 1.0, 0.9)
     """
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0) or (below is not None and value >= below):  # type: ignore[operator]
+    number = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+    if not math.isfinite(number) or number < 0 or (positive and number == 0) or (below is not None
+                                                                                   and number >= below):
         if below is not None:
             raise ValueError(f"{name} must be a finite number in {'(' if positive else '['}0, {below:g}), "
                              f"got {value!r}")
         raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    return number
 
 
 def check_bool(name: str, value: object) -> bool:
