@@ -16,9 +16,11 @@ Run it as ``python -m sam_tutorial bench`` (or ``make bench``); see :func:`run`.
 from __future__ import annotations
 
 import copy
+import functools
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -68,10 +70,17 @@ def variants(
         if batch % m:
             continue
         for backend in backends:
-            out[f"m-sam-m{m}-{backend}"] = (
-                lambda model, base, m=m, backend=backend: MSAM(model, base, rho=0.05, m=m, backend=backend)
-            )
+            out[f"m-sam-m{m}-{backend}"] = functools.partial(_msam, m=m, backend=backend)
     return out
+
+
+def _msam(model: nn.Module, base: torch.optim.Optimizer, *, m: int, backend: str) -> MSAM:
+    return MSAM(model, base, rho=0.05, m=m, backend=backend)
+
+
+def _with_sgd_base(factory: Factory) -> Callable[[nn.Module], Any]:
+    """The factory with SGD (momentum 0.9) as the base optimizer."""
+    return lambda model: factory(model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
 
 
 def time_steps(
@@ -93,10 +102,7 @@ def time_steps(
     """
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
-    with_base = {
-        name: (lambda m, f=f: f(m, torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)))
-        for name, f in factories.items()
-    }
+    with_base = {name: _with_sgd_base(f) for name, f in factories.items()}
     per_round = cost.step_times(with_base, model, inputs, targets, CE, steps=1, repeats=rounds,
                                 warmup=warmup, cpu_threads=None)
     return {name: float(np.median(ts)) for name, ts in per_round.items()}
