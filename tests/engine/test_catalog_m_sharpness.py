@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sam_tutorial.engine.catalog.m_sharpness import BATCH, BEST_RHO, GRID, label
+from sam_tutorial.engine.catalog.m_sharpness import BATCH, BEST_RHO, GRID, N_TRAIN, label
 from sam_tutorial.engine.experiments import get_experiment
 
 
@@ -13,20 +13,21 @@ def test_registered_with_the_grid_in_paper_mode():
     assert len(paper) == 1 + sum(len(r) for r in GRID.values())
     assert paper["sgd"].train.optimizer == "sgd"
     for m, rhos in GRID.items():
-        assert BEST_RHO[m] in rhos
+        assert m == N_TRAIN or BEST_RHO[m] in rhos
         for rho in rhos:
             spec = paper[label(m, rho)]
             assert spec.train.rho == rho and spec.tags == {"m": m, "rho": rho}
-            assert spec.train.optimizer == ("sam" if m == BATCH else "m-sam")
+            kind = {BATCH: "sam", N_TRAIN: "n-sam"}.get(m, "m-sam")
+            assert spec.train.optimizer == kind and (spec.train.m == m) == (kind == "m-sam")
             assert spec.data.label_noise == 0.3 and spec.data.n_train == 2000
             assert spec.model == "cnn1d" and spec.model_options == {"channels": 64}
 
 
-def test_standard_mode_is_sgd_and_the_best_radii_with_the_paper_configuration():
+def test_standard_mode_is_sgd_and_m8_at_its_best_radius_with_the_paper_configuration():
     exp = get_experiment("m-sharpness-cnn")
     standard = {s.label: s for s in exp.runs("standard")}
     paper = {s.label: s for s in exp.runs("paper")}
-    assert set(standard) == {"sgd"} | {label(m, r) for m, r in BEST_RHO.items()}
+    assert set(standard) == {"sgd", label(8, BEST_RHO[8])}
     for name, spec in standard.items():
         assert spec == paper[name]  # the live check trains exactly the recorded configuration
     assert len(exp.runs("quick")) == 3
