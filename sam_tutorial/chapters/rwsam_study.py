@@ -111,11 +111,11 @@ def _optimizer(arm: Mapping[str, Any], model: nn.Module, base: torch.optim.Optim
 
 
 def arm_label(arm: Mapping[str, Any]) -> str:
-    """A short name: ``sgd``, ``sam``, ``m-sam-m8``, ``rw-uniform-fd``, ``rw-weighted-norm`` ..."""
+    """A short name: ``sgd``, ``sam``, ``m-sam-m8``, ``rw-sam-uniform-fd``, ``rw-sam-weighted-norm`` ..."""
     if arm["opt"] == "msam":
         return f"m-sam-m{arm['m']}"
     if arm["opt"] == "rwsam":
-        return f"rw-{'weighted' if arm.get('weighted') else 'uniform'}-{arm.get('score', 'fd')}"
+        return f"rw-sam-{'weighted' if arm.get('weighted') else 'uniform'}-{arm.get('score', 'fd')}"
     return str(arm["opt"])
 
 

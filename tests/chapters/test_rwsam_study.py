@@ -49,7 +49,7 @@ def test_scored_rwsam_lam_zero_is_sam() -> None:
 
 def test_labels_and_summary() -> None:
     assert arm_label(dict(opt="msam", m=8)) == "m-sam-m8"
-    assert arm_label(dict(opt="rwsam", weighted=True, score="norm")) == "rw-weighted-norm"
+    assert arm_label(dict(opt="rwsam", weighted=True, score="norm")) == "rw-sam-weighted-norm"
     recs = [dict(arm=dict(opt="sam", rho=r), label="sam", test_acc=a) for r, a in
             ((0.05, 0.60), (0.05, 0.62), (0.1, 0.65), (0.1, 0.63))]
     rows = summarise(recs, keys=("test_acc",))

@@ -11,8 +11,8 @@ def test_rw_compare_arms() -> None:
     for mode in ("quick", "standard"):
         runs = {r.label: r for r in exp.runs(mode)}
         rw = {k: v.train for k, v in runs.items() if k.startswith("rw-")}
-        assert set(runs) == {"sgd", "sam", "rw-uniform-fd", "rw-uniform-exact", "rw-weighted-fd",
-                             "rw-weighted-exact"}
+        assert set(runs) == {"sgd", "sam", "rw-sam-uniform-fd", "rw-sam-uniform-exact", "rw-sam-weighted-fd",
+                             "rw-sam-weighted-exact"}
         for label, cfg in rw.items():
             assert cfg.options["weighted_descent"] is ("weighted" in label)
             assert cfg.options["score"] == ("exact" if label.endswith("exact") else "finite-difference")

@@ -35,7 +35,7 @@ def _compare(mode: str) -> list[RunSpec]:
     for descent in ("uniform", "weighted"):
         for score, short in SCORE_LABELS.items():
             options = {"weighted_descent": descent == "weighted", "score": score}
-            arms[f"rw-{descent}-{short}"] = dict(rw, options=options)
+            arms[f"rw-sam-{descent}-{short}"] = dict(rw, options=options)
     runs = []
     for label, kw in arms.items():
         tags = {"optimizer": kw["optimizer"], **dict(kw.get("options", {}))}
