@@ -20,7 +20,7 @@ __all__ = ["bench_rows", "msharpness_rows", "paper_table_rows", "study_rows"]
 def msharpness_rows(recorded: Any | None) -> list[Row]:
     """Chapter 4's recorded m-sweep (1-D CNN on MNIST-1D with label noise): the m-sharpness effect, test
     accuracy of the smallest m against SAM (m = 128), each at its best radius; tr V of the same runs."""
-    statement = "m-sharpness: smaller m generalises better (m = 8 vs SAM, best ρ each)"
+    statement = "m-sharpness: smaller m generalises better (smallest m vs SAM, best ρ each)"
     if recorded is None:
         return [
             Row(
@@ -54,14 +54,15 @@ def msharpness_rows(recorded: Any | None) -> list[Row]:
             )
         ]
     small = ms[0]
+    statement = f"m-sharpness: smaller m generalises better (m = {small} vs SAM, best ρ each)"
 
-    def values(m: int, key: str) -> list[float]:
+    def values(m: int | None, key: str) -> list[float]:
         return [r[key] for r in flat if r["m"] == m and r["rho"] == best[m] and r.get(key) is not None]
 
     acc = difference(values(small, "test_acc"), values(128, "test_acc"))
     trv = difference(values(small, "trace_V"), values(128, "trace_V"))
     src = recorded.path.name
-    return [
+    rows = [
         Row(
             "C6 (net)",
             statement,
@@ -81,6 +82,21 @@ def msharpness_rows(recorded: Any | None) -> list[Row]:
             src,
         ),
     ]
+    full = [m for m in best if m is not None and m > 128]  # n-SAM: the perturbation of the whole set
+    if full and None in best:
+        same = difference(values(full[0], "trace_V"), values(None, "trace_V"))
+        rows.append(
+            Row(
+                "C6 (net, n-SAM)",
+                "n-SAM ≈ SGD: tr V at the solution (best ρ)",
+                "ch. 4 §5",
+                "MNIST-1D",
+                f"tr V n-SAM − SGD: {same.text()}",
+                same.equal_status(),
+                src,
+            )
+        )
+    return rows
 
 
 def _arm(
@@ -96,7 +112,10 @@ def _arm(
     ]
 
 
-_RW_ARMS = {"rw-uniform-fd": "uniform descent, the package default", "rw-weighted-fd": "weighted descent"}
+_RW_ARMS = {
+    "rw-sam-uniform-fd": "uniform descent, the package default",
+    "rw-sam-weighted-fd": "weighted descent",
+}
 
 
 def study_rows(study: Mapping[str, Any] | None, source: str = "results/ch5-rwsam-study.json") -> list[Row]:
@@ -121,7 +140,7 @@ def study_rows(study: Mapping[str, Any] | None, source: str = "results/ch5-rwsam
             ("sgd", "sam", "tr V(SGD) > tr V(SAM)"),
             ("sam", arm, f"tr V(SAM) > tr V(RW-SAM, {reading})"),
         ):
-            if arm == "rw-weighted-fd" and a == "sgd":
+            if arm == "rw-sam-weighted-fd" and a == "sgd":
                 continue
             d = _diff(study, "compare", a, b, "trace_V")
             rows.append(_study_row("C11", statement, "ch. 5 §7", d, "tr V", +1, name))
@@ -165,7 +184,7 @@ def study_rows(study: Mapping[str, Any] | None, source: str = "results/ch5-rwsam
     for q in sorted({float(r["noise"]) for r in study.get("noise", [])}):
         paper = TABLE4.get(q)
         sign = 1 if paper is None else (1 if paper[2] > paper[1] else -1)
-        d = _diff(study, "noise", "rw-uniform-fd", "sam", "test_acc", noise=q)
+        d = _diff(study, "noise", "rw-sam-uniform-fd", "sam", "test_acc", noise=q)
         rows.append(
             _study_row(
                 "T4 (analogue)",

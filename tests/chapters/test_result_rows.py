@@ -21,12 +21,12 @@ def _study() -> dict:
         compare += [
             rec("sgd", s, 100 + s, 0.60 + 0.001 * s, rho=None),
             rec("sam", s, 80 + s, 0.62 + 0.001 * s),
-            rec("rw-uniform-fd", s, 90 + s, 0.621 + 0.001 * s),
-            rec("rw-weighted-fd", s, 50 + s, 0.62),
+            rec("rw-sam-uniform-fd", s, 90 + s, 0.621 + 0.001 * s),
+            rec("rw-sam-weighted-fd", s, 50 + s, 0.62),
             rec("m-sam-m32", s, 70 + s, 0.63),
             rec("sam", s, 1.0, 0.0, rho=0.2),
         ]  # other rho: left out
-    noise = [rec("sam", 0, 0, 0.5, noise=0.6), rec("rw-uniform-fd", 0, 0, 0.55, noise=0.6)]
+    noise = [rec("sam", 0, 0, 0.5, noise=0.6), rec("rw-sam-uniform-fd", 0, 0, 0.55, noise=0.6)]
     return {"compare": compare, "noise": noise}
 
 
@@ -60,6 +60,18 @@ def test_msharpness_rows_compare_best_radii(tmp_path: Path) -> None:
                 "metrics": {"test_acc": 0.40, "trace_V": 1.0},
             },
             {
+                "label": "sgd",
+                "seed": s,
+                "tags": {"m": None, "rho": 0},
+                "metrics": {"test_acc": 0.45, "trace_V": 4.0 + 0.5 * s},
+            },
+            {
+                "label": "n-sam",
+                "seed": s,
+                "tags": {"m": 2000, "rho": 0.1},
+                "metrics": {"test_acc": 0.45, "trace_V": 4.0 + 0.5 * s},
+            },
+            {
                 "label": "m8",
                 "seed": s,
                 "tags": {"m": 8, "rho": 0.05},
@@ -70,7 +82,8 @@ def test_msharpness_rows_compare_best_radii(tmp_path: Path) -> None:
         tmp_path / "m-sharpness-cnn.json",
         {"experiment": "m-sharpness-cnn", "mode": "paper", "records": records},
     )
-    acc, trv = rr.msharpness_rows(rec)
+    acc, trv, nsam = rr.msharpness_rows(rec)
+    assert nsam.claim == "C6 (net, n-SAM)" and nsam.status == "consistent"  # tr V 4.0 ± 0.6 vs 4.0 ± 0.6
     assert acc.status == "reproduced" and "+5" in acc.measured and trv.status == "reproduced"
     assert rr.msharpness_rows(None)[0].status == "not attempted"
 
