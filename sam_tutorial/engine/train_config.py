@@ -86,15 +86,16 @@ class TrainConfig:
         eval_train: evaluate the training set after every epoch (``train_acc``).
         eval_batch_size: batch size of evaluation passes (and of n-SAM's full-gradient pass).
         metrics: names from :data:`METRICS` computed at ``metric_epochs``.
-        metric_epochs: epochs after which ``metrics`` (and hooks passed to :func:`fit`) are computed;
+        metric_epochs: epochs after which ``metrics`` (and hooks passed to
+            :func:`~sam_tutorial.engine.train.fit`) are computed;
             0 means before training; empty means after the last epoch only.
         metric_samples: training samples (the first ones) the built-in metrics use.
         sharpness_rho: radius of the ``sharpness`` metric.
         nsam_samples: training samples (the first ones) whose gradient builds n-SAM's perturbation
             (``None``: all).
-        scope: where the perturbation comes from when :func:`fit` runs on several processes
-            (``ctx=``, e.g. under torchrun): ``"local"`` perturbs with each rank's own gradient, i.e.
-            m-SAM with m = the per-rank batch ``batch_size / world_size``; ``"global"`` with the
+        scope: where the perturbation comes from when :func:`~sam_tutorial.engine.train.fit` runs on several
+            processes (``ctx=``, e.g. under torchrun): ``"local"`` perturbs with each rank's own gradient,
+            i.e. m-SAM with m = the per-rank batch ``batch_size / world_size``; ``"global"`` with the
             all-reduced gradient, i.e. SAM on the global batch of ``batch_size``. Ignored in a single
             process; ``m-sam`` accepts ``"local"`` only. Left out of :meth:`to_dict` when ``"local"``,
             so the cache keys of existing runs do not change.

@@ -4,7 +4,7 @@ CIFAR-10/100 with ResNet-18/50 and WRN-28-10, SGD / SAM / RW-SAM.
 They need CIFAR in the data folder and a GPU: ``paper`` mode is the paper's configuration (200 epochs),
 ``standard`` the same models and data for 10 epochs, ``quick`` a CPU-sized pipeline check (narrow
 models, 512 images, 1 epoch). Every choice the paper does not state is marked UNCONFIRMED in
-:data:`PAPER_NOTES` (``python -m sam_tutorial show NAME`` prints it).
+``PAPER_NOTES`` (``python -m sam_tutorial show NAME`` prints it).
 """
 
 from __future__ import annotations
