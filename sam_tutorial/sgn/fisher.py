@@ -34,7 +34,8 @@ def fisher_trace(
     :math:`\operatorname{tr}F=\frac1n\sum_i\sum_c p_c(x_i)\,\|\nabla\log p_c(x_i)\|^2`.
 
     The model must return logits ``[B, C]``. Labels are drawn from the model's own predictive
-    distribution, not taken from the data (that is :func:`~sam_tutorial.sgn.variance.empirical_fisher_trace`). For a linear
+    distribution, not taken from the data (that is
+    :func:`~sam_tutorial.sgn.variance.empirical_fisher_trace`). For a linear
     softmax model :math:`F` equals the Hessian of the mean cross-entropy.
 
     Args:
@@ -103,7 +104,8 @@ def sample_model_labels(
 
     Training a network of the same architecture on such labels makes a *well-specified* problem:
     at its population minimum the labels are distributed as the model predicts, the condition under
-    which the empirical Fisher, the Fisher and the Hessian agree (:func:`~sam_tutorial.chapters.snapshot.snapshot` measures all three).
+    which the empirical Fisher, the Fisher and the Hessian agree
+    (:func:`~sam_tutorial.chapters.snapshot.snapshot` measures all three).
 
     Args:
         model: a classifier returning logits ``[n, C]`` (evaluated in eval mode, without gradients).

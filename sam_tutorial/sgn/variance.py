@@ -82,8 +82,8 @@ def trace_V(
         accumulated in at least float32.
 
     Raises:
-        ValueError: as :func:`~sam_tutorial.sgn.per_sample.per_sample_grads`; for an unknown ``method``; for ``"hooks"`` on an
-            unsupported model.
+        ValueError: as :func:`~sam_tutorial.sgn.per_sample.per_sample_grads`; for an unknown ``method``;
+            for ``"hooks"`` on an unsupported model.
 
     >>> net = torch.nn.Linear(2, 1, bias=False)
     >>> with torch.no_grad():
@@ -93,13 +93,9 @@ def trace_V(
     tensor(2.)
     """
     with _eval(model, eval_mode):
-        if _use_hooks(model, method):
-            try:
-                sq_mean, mean_grad = _hook_moments(model, loss_fn, inputs, targets, chunk_size)
-                return sq_mean - mean_grad.square().sum()
-            except ModuleReusedError:
-                if method == "hooks":
-                    raise
+        moments = _moments_by_hooks(model, loss_fn, inputs, targets, chunk_size, method)
+        if moments is not None:
+            return moments[0] - moments[1].square().sum()
         count = 0
         mean: Tensor | None = None
         m2: Tensor | None = None
@@ -158,6 +154,24 @@ def _hook_moments(
     return sq_sum / batch, grad_sum / batch
 
 
+def _moments_by_hooks(
+    model: nn.Module, loss_fn: LossFn, inputs: Inputs, targets: Tensor, chunk_size: int | None, method: str
+) -> tuple[Tensor, Tensor] | None:
+    """``(mean ||g_i||^2, mean g)`` by the hooks route when ``method`` allows it, else ``None`` (use vmap).
+
+    A module used twice in one forward defeats the hooks: ``"auto"`` then falls back to vmap,
+    ``"hooks"`` raises.
+    """
+    if not _use_hooks(model, method):
+        return None
+    try:
+        return _hook_moments(model, loss_fn, inputs, targets, chunk_size)
+    except ModuleReusedError:
+        if method == "hooks":
+            raise
+        return None
+
+
 def sgn_trace(grads: Tensor) -> Tensor:
     r""":math:`\operatorname{tr}V` from per-sample gradients stacked as rows (``[n, P]``).
 
@@ -181,7 +195,8 @@ def sgn_spectrum(grads: Tensor, k: int | None = None) -> Tensor:
     :math:`P\times P` covariance.
 
     Args:
-        grads: per-sample gradients ``[n, P]`` (e.g. from :func:`~sam_tutorial.sgn.per_sample.per_sample_grads`).
+        grads: per-sample gradients ``[n, P]`` (e.g. from
+            :func:`~sam_tutorial.sgn.per_sample.per_sample_grads`).
         k: how many eigenvalues; ``None`` returns all :math:`\min(n, P)`.
 
     Returns:
@@ -247,12 +262,9 @@ def empirical_fisher_trace(
     tensor(15.)
     """
     with _eval(model, eval_mode):
-        if _use_hooks(model, method):
-            try:
-                return _hook_moments(model, loss_fn, inputs, targets, chunk_size)[0]
-            except ModuleReusedError:
-                if method == "hooks":
-                    raise
+        moments = _moments_by_hooks(model, loss_fn, inputs, targets, chunk_size, method)
+        if moments is not None:
+            return moments[0]
         total: Tensor | None = None
         count = 0
         for g in _grad_chunks(model, loss_fn, inputs, targets, chunk_size):

@@ -30,7 +30,8 @@ PAPER_NOTES = (
     "common SAM practice): 200 epochs, batch 128, SGD momentum 0.9, weight decay 5e-4, cosine learning "
     "rate from 0.1 stepped every iteration, random crop (padding 4) + horizontal flip, BatchNorm, "
     "rho 0.05 (CIFAR-10) / 0.1 (CIFAR-100), RW-SAM lambda 0.1 (as in the chapters) and a ±1 probe of "
-    "radius delta = 0.01 (the same for every model), uniform descent pass, 3 seeds. 'standard' mode: 10 epochs; "
+    "radius delta = 0.01 (the same for every model), uniform descent pass, 3 seeds. 'standard' mode: "
+    "10 epochs; "
     "'quick': width-8 models, 512 images, 1 epoch."
 )
 
