@@ -254,6 +254,8 @@ def diffusion_matrix(problem: ProblemFn, x: Tensor, *, b: int, replacement: bool
     return _over_leading(sigma, x)
 
 
+# The keyword signature repeats recursions.discrete_trajectory's on purpose: weak_error runs both with
+# the same arguments, and a reader swaps one for the other.
 def euler_maruyama(
     problem: ProblemFn,
     x0: Tensor,
