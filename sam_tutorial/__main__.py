@@ -118,8 +118,7 @@ def _out(args: argparse.Namespace) -> str | None:
 
 
 def _file_errors() -> tuple[type[Exception], ...]:
-    from sam_tutorial.engine.data import DataFileError
-    from sam_tutorial.engine.storage import CheckpointError, ResultFileError
+    from sam_tutorial.engine.storage import CheckpointError, DataFileError, ResultFileError
 
     return FileNotFoundError, DataFileError, CheckpointError, ResultFileError
 

@@ -40,6 +40,7 @@ from torch import Tensor
 Mode = Literal["quick", "standard", "paper"]
 
 __all__ = [
+    "DATA_ENV",
     "DEFAULT_MODE",
     "DEVICE_ENV",
     "MODES",
@@ -72,6 +73,8 @@ MODES: tuple[str, ...] = get_args(Mode)
 DEFAULT_MODE: Mode = "standard"
 MODE_ENV = "SAM_TUTORIAL_MODE"
 DEVICE_ENV = "SAM_TUTORIAL_DEVICE"
+DATA_ENV = "SAM_TUTORIAL_DATA"
+"""The environment variable that names the data folder."""
 
 NOTEBOOK_SECONDS: Mapping[str, float | None] = MappingProxyType(
     {"quick": 60.0, "standard": 180.0, "paper": None}

@@ -35,6 +35,7 @@ from typing import IO, Any
 import torch
 
 __all__ = [
+    "DataFileError",
     "CHECKPOINT_FORMAT",
     "CheckpointError",
     "ResultFileError",
@@ -51,6 +52,11 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "sam_tutorial.checkpoint/1"
 """Format tag stored in every checkpoint; anything else is refused."""
+
+
+class DataFileError(ValueError):
+    """A data file that is there but cannot be used: empty, truncated, of another data set, or holding
+    arrays that disagree; the message names the file and what to do."""
 
 
 class CheckpointError(ValueError):

@@ -16,12 +16,18 @@ import torch
 from torch import nn
 
 from sam_tutorial.engine import distributed
-from sam_tutorial.engine.data import DataFileError, apply_label_noise, load_dataset
+from sam_tutorial.engine.data import apply_label_noise, load_dataset
 from sam_tutorial.engine.experiments import get_experiment, load_results, run_experiment
 from sam_tutorial.engine.loader import BatchLoader
 from sam_tutorial.engine.models import build_model
 from sam_tutorial.engine.runs import run_hash, run_path
-from sam_tutorial.engine.storage import CheckpointError, ResultFileError, run_lock, save_checkpoint
+from sam_tutorial.engine.storage import (
+    CheckpointError,
+    DataFileError,
+    ResultFileError,
+    run_lock,
+    save_checkpoint,
+)
 from sam_tutorial.engine.train import fit
 from sam_tutorial.engine.train_config import TrainConfig
 from tests.engine.helpers import mnist1d_root, toy_dataset, write_fake_cifar

@@ -11,15 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from sam_tutorial.engine import data
-from sam_tutorial.engine.data import (
-    CIFAR_MEAN,
-    CIFAR_STD,
-    apply_label_noise,
-    data_root,
-    load_dataset,
-    safe_load_pickle,
-)
+from sam_tutorial.engine import cifar
+from sam_tutorial.engine.cifar import CIFAR_MEAN, CIFAR_STD, safe_load_pickle
+from sam_tutorial.engine.data import apply_label_noise, data_root, load_dataset
 from tests.engine.helpers import mnist1d_root, write_fake_cifar
 
 
@@ -230,4 +224,4 @@ def test_safe_unpickler_refuses_other_callables(tmp_path: Path) -> None:
     path.write_bytes(b"cbuiltins\neval\n(S'1+1'\ntR.")  # protocol 0: builtins.eval('1+1')
     with pytest.raises(pickle.UnpicklingError, match="builtins.eval"):
         safe_load_pickle(path)
-    assert data.SafeUnpickler is not None
+    assert cifar.SafeUnpickler is not None
