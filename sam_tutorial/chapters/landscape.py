@@ -4,7 +4,7 @@ draws (loss grids, basins, the exact ascent direction on a circle, linear-stabil
 A toy problem of :mod:`sam_tutorial.theory.problems` is a callable ``problem(x) -> per-sample losses [...,
 n]``.
 :class:`ProblemModule` wraps it as a :class:`torch.nn.Module` whose only parameter is the point
-:math:`x`, so that :class:`~sam_tutorial.optim.SAM`, :class:`~sam_tutorial.optim.MSAM` and the rest
+:math:`x`, so that :class:`~sam_tutorial.optim.sam.SAM`, :class:`~sam_tutorial.optim.msam.MSAM` and the rest
 run on it through their public ``step(inputs, targets, loss_fn)``: the inputs are sample indices and
 :func:`per_sample_loss` passes the model's output through.
 

@@ -45,13 +45,14 @@ TABLE2 = {
     "ViT-B/16 fine-tuning, CIFAR-10": (98.24, 98.40, 98.58),
     "ViT-B/16 fine-tuning, CIFAR-100": (88.71, 89.63, 89.89),
 }
-"""Paper Table 2 [N]: top-1 accuracy (%) of the baseline (SGD; probably AdamW for ViT), SAM, RW-SAM."""
+"""Paper Table 2 [N], top-1 accuracy (%) of the baseline (SGD; probably AdamW for ViT), SAM, RW-SAM."""
 
 TABLE6 = {"SGD": (572.39, 24.15), "SAM": (198.40, 6.20), "RW-SAM": (177.79, 5.10)}
-"""Paper Table 6 [N]: tr V at the solution (mean ± std); model and data set UNCONFIRMED."""
+"""Paper Table 6 [N], tr V at the solution (mean ± std); model and data set UNCONFIRMED."""
 
 OVERHEAD_CLAIM = {"rw-sam/sam": 7 / 6, "m": 64, "m-sam/sam": 2.0}
-"""[N]: RW-SAM matches m-SAM(m = 64) at about 1/6 extra time over SAM, while m-SAM(64) costs about 2x."""
+"""Claimed [N], RW-SAM matches m-SAM(m = 64) at about 1/6 extra time over SAM, while m-SAM(64) costs
+about 2x."""
 
 
 def _paper() -> Any:

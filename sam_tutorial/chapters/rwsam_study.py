@@ -57,11 +57,11 @@ def _ce(out: Tensor, y: Tensor) -> Tensor:
 
 
 class ScoredRWSAM(RWSAM):
-    """RW-SAM whose Gibbs weights come from exact scores (``"norm"``: √(2/π)‖∇f_i‖; ``"jvp"``: |zᵀ∇f_i| for a
-    fresh shared Rademacher probe) instead of its own estimate; everything else (passes, perturbation,
-    descent) is the package's RW-SAM. The scores are computed at w before the step, through the public
-    ``step``; only the hook that turns scores into weights is replaced (the optimizer's own probe still
-    runs, so the time per step of these arms includes it)."""
+    """RW-SAM whose Gibbs weights come from exact scores (``"norm"``: √(2/π)‖∇f_i‖; ``"jvp"``:
+    ``|zᵀ∇f_i|`` for a fresh shared Rademacher probe) instead of its own estimate; everything else
+    (passes, perturbation, descent) is the package's RW-SAM. The scores are computed at w before the step,
+    through the public ``step``; only the hook that turns scores into weights is replaced (the optimizer's
+    own probe still runs, so the time per step of these arms includes it)."""
 
     def __init__(self, *args: Any, score_kind: str = "norm", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -53,6 +53,7 @@ RULE = (
     "**Cost ratios**: *reproduced* within 10 % of the paper's ratio, else *contradicted*. "
     "*Not attempted*: no measurement exists (yet)."
 )
+"""How a row's status is decided, as the chapter states it."""
 
 
 @dataclass(frozen=True)

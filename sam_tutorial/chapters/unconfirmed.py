@@ -196,7 +196,7 @@ class Mention:
 
 
 SELF = ("sam_tutorial/chapters/unconfirmed.py", "book/06_reproduction.ipynb")
-"""The register's own files: they name the word without being a reconstructed choice."""
+"""The register's own files, which name the word without being a reconstructed choice."""
 
 
 def _context(line: str, width: int = 150) -> str:

@@ -4,7 +4,7 @@ Widgets need a live kernel: in the built HTML their Python callbacks do not run,
 comes with a function that draws the same picture for a few fixed settings. :func:`landscape_explorer`
 returns ``None`` when ipywidgets is missing, so a notebook can guard it with one ``if``.
 
-The landscape explorer runs SGD and one SAM-family optimizer (:class:`~sam_tutorial.optim.SAM`,
+The landscape explorer runs SGD and one SAM-family optimizer (:class:`~sam_tutorial.optim.sam.SAM`,
 normalised or not) on a 2-D toy problem (:func:`sam_tutorial.theory.problems.make_sharp_flat_problem`) from
 the
 same start and with the same batches, and draws both paths on the contour plot of the loss.

@@ -275,7 +275,7 @@ GOALS: dict[str, float] = {
     "m-sam-m16-best/sam (cpu)": 1.3,
     "m-sam-m16-best/sam (cuda)": 1.5,
 }
-"""The project's speed goals (issue "Speed"): upper bounds on the measured ratios."""
+"""Upper bounds on the measured ratios, the project's speed goals."""
 
 
 def find_results(folder: str | None = None) -> list[dict[str, Any]]:

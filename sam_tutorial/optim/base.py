@@ -254,6 +254,7 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
         self.base.zero_grad(set_to_none=set_to_none)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group to the base optimizer (the wrapper shares its ``param_groups``)."""
         if not hasattr(self, "base"):  # called by torch.optim.Optimizer.__init__
             return super().add_param_group(param_group)
         self.base.add_param_group(param_group)

@@ -7,7 +7,7 @@ large, solving (paper §5.2, relaxed with ‖Σ p_i ∇f_i‖ <= Σ p_i ‖∇f_
     max_{p ∈ Δ_B}  Σ_i p_i ‖∇f_i(w)‖ + (1/λ) H(p)   ⇒   p_i = exp(λ‖∇f_i‖) / Σ_j exp(λ‖∇f_j‖),
 
 with the per-sample gradient norms estimated along one random probe z shared by the batch:
-|zᵀ∇f_i(w)| (for z Rademacher, E|zᵀg| ≈ sqrt(2/π)‖g‖, a common factor that λ absorbs).
+``|zᵀ∇f_i(w)|`` (for z Rademacher, ``E|zᵀg|`` ≈ sqrt(2/π)‖g‖, a common factor that λ absorbs).
 
 Algorithm, one step on a batch γ of size B (``score="finite-difference"``, the paper's estimator):
 
@@ -42,7 +42,7 @@ running statistics.
 
 Choices the paper leaves UNCONFIRMED are options, with these defaults: the descent pass is uniform
 (``weighted_descent=False``); one probe (``n_probes=1``); ``z`` Rademacher with entries ±1 and the
-score |zᵀ∇f_i| (``normalize_probe=True``: |uᵀ∇f_i| with ‖u‖ = 1); the score is used as is
+score ``|zᵀ∇f_i|`` (``normalize_probe=True``: ``|uᵀ∇f_i|`` with ‖u‖ = 1); the score is used as is
 (``transform="abs"``; ``"square"`` uses its square); no standardisation of the scores before the
 softmax (``standardize=False``); no mixing with uniform weights (``mix=0``).
 
@@ -122,7 +122,7 @@ class RWSAM(PerturbedOptimizer):
             paper's δ·√d with δ = 0.01/√d). Unused with ``score="exact"``.
         score: ``"finite-difference"`` (default, the paper's: one extra forward at w + δu) or
             ``"exact"`` (zᵀ∇f_i by forward-mode AD inside pass 1; no δ, immune to low precision).
-        transform: ``"abs"`` for |zᵀ∇f_i| (default) or ``"square"`` for its square.
+        transform: ``"abs"`` for ``|zᵀ∇f_i|`` (default) or ``"square"`` for its square.
         normalize: RW-SAM (``True``) or its unnormalised form (``False``).
         weighted_descent: use the weights p in pass 2 too (default: uniform; UNCONFIRMED).
         probe: ``"rademacher"`` (default; least variance) or ``"gaussian"``.
@@ -208,7 +208,7 @@ class RWSAM(PerturbedOptimizer):
     def _draw_probe(self) -> tuple[float, Tensor | float]:
         """Fill one flat buffer per parameter group with a fresh direction v: z itself (Rademacher,
         ‖v‖ = √d) or z/‖z‖ (Gaussian). Returns ‖v‖ and the factor that turns vᵀ∇f_i into the score's
-        scale (|zᵀ∇f_i|, or |uᵀ∇f_i| with ``normalize_probe``)."""
+        scale (``|zᵀ∇f_i|``, or ``|uᵀ∇f_i|`` with ``normalize_probe``)."""
         groups = self._groups
         if self._z_for is not groups:  # a new list only when the parameters change
             self._z_for = groups

@@ -58,7 +58,7 @@ __all__ = [
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 SCORES = ("fd", "jvp", "norm")
-"""The per-sample scores: finite difference, exact directional derivative, exact norm (table above)."""
+"""The per-sample scores (table above) by finite difference, exact directional derivative, exact norm."""
 
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 

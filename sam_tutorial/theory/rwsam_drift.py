@@ -66,7 +66,7 @@ __all__ = [
 ProblemFn = Callable[[Tensor], Tensor]
 
 DESCENTS = ("uniform", "weighted")
-"""The descent pass: uniform batch mean (the package default) or the Gibbs weights (UNCONFIRMED)."""
+"""The descent pass, the uniform batch mean (the package default) or the Gibbs weights (UNCONFIRMED)."""
 
 
 def _check(rho: float, lam: float, descent: str) -> None:

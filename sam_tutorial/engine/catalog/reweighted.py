@@ -21,7 +21,7 @@ __all__ = ["RW_DELTA", "RW_LAM", "RW_RHO"]
 RW_RHO = 0.05
 RW_LAM = 0.1
 RW_DELTA = 0.01
-"""The probe radius ‖δu‖ of RW-SAM's finite difference (the paper's δ and probe scaling: UNCONFIRMED)."""
+"""The probe radius ‖δu‖ of RW-SAM's finite difference (the paper's δ and probe scaling are UNCONFIRMED)."""
 
 SCORE_LABELS = {"finite-difference": "fd", "exact": "exact"}
 
