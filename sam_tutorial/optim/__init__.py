@@ -3,7 +3,7 @@
 Every class wraps a base ``torch.optim.Optimizer`` instance and the model, and runs all passes of a step
 in ``step(inputs, targets, loss_fn)``, where ``loss_fn`` returns one loss per sample (or
 ``step(batch, loss_fn)`` with ``loss_fn(model, batch)`` for any batch and any model; see
-:class:`PerturbedOptimizer`):
+:class:`~sam_tutorial.optim.base.PerturbedOptimizer`):
 
 >>> import torch
 >>> from sam_tutorial.optim import MSAM
