@@ -115,7 +115,7 @@ class Row:
 
 def markdown(
     rows: Iterable[Row],
-    columns: Sequence[str] = ("claim", "statement", "where", "scale", "measured", "status", "source"),
+    columns: Sequence[str] = ("claim", "status", "statement", "where", "scale", "measured", "source"),
 ) -> str:
     """The rows as a Markdown table (``|`` in cells escaped)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
