@@ -21,18 +21,11 @@ def msharpness_rows(recorded: Any | None) -> list[Row]:
     """Chapter 4's recorded m-sweep (1-D CNN on MNIST-1D with label noise): the m-sharpness effect, test
     accuracy of the smallest m against SAM (m = 128), each at its best radius; tr V of the same runs."""
     statement = "m-sharpness: smaller m generalises better (smallest m vs SAM, best ρ each)"
+    def not_attempted(why: str, source: str) -> list[Row]:
+        return [Row("C6 (net)", statement, "ch. 4 §5", "MNIST-1D", why, "not attempted", source)]
+
     if recorded is None:
-        return [
-            Row(
-                "C6 (net)",
-                statement,
-                "ch. 4 §5",
-                "MNIST-1D",
-                "no matching results/m-sharpness-cnn.json",
-                "not attempted",
-                "results/m-sharpness-cnn.json",
-            )
-        ]
+        return not_attempted("no matching results/m-sharpness-cnn.json", "results/m-sharpness-cnn.json")
     from sam_tutorial.chapters import msharpness
 
     flat = [
@@ -42,17 +35,7 @@ def msharpness_rows(recorded: Any | None) -> list[Row]:
     best = msharpness.best_per_m(table)
     ms = sorted(m for m in best if m is not None and m < 128)
     if 128 not in best or not ms:
-        return [
-            Row(
-                "C6 (net)",
-                statement,
-                "ch. 4 §5",
-                "MNIST-1D",
-                "the sweep lacks SAM or a smaller m",
-                "not attempted",
-                recorded.path.name,
-            )
-        ]
+        return not_attempted("the sweep lacks SAM or a smaller m", recorded.path.name)
     small = ms[0]
     statement = f"m-sharpness: smaller m generalises better (m = {small} vs SAM, best ρ each)"
 
