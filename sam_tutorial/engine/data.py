@@ -169,8 +169,8 @@ def load_dataset(
     _check_noise(label_noise, label_noise_kind)
     check_seed("seed", seed)
     for arg, value in (("n_train", n_train), ("n_test", n_test)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{arg} must be a positive integer or None, got {value!r}")
+        if value is not None:
+            check_int(arg, value)
     folder = data_root(root)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"the data folder {folder} is a file; give root= (or ${DATA_ENV}) a folder")

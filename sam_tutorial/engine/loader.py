@@ -124,8 +124,7 @@ class BatchLoader:
             raise ValueError(f"inputs has {len(inputs)} samples but targets has {len(targets)}")
         check_int("padding", padding, low=0)
         check_seed("seed", seed)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_int("batch_size", batch_size)
         if drop_last and batch_size > len(inputs):
             raise ValueError(
                 f"batch_size={batch_size} is larger than the data set ({len(inputs)} samples) and "
