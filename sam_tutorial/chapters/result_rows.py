@@ -266,6 +266,11 @@ gives no standard deviations, and its numbers are rounded to two decimals."""
 _KEYS = {"test_acc": "test acc.", "trace_V": "tr V"}
 
 
+def _gpu_row(claim: str, statement: str, measured: str, status: str, source: str) -> Row:
+    """A paper-table cell's row: checked in chapter 6 through the CLI, on CIFAR on a GPU."""
+    return Row(claim, statement, "ch. 6 (CLI)", "CIFAR on GPU", measured, status, source)
+
+
 def paper_table_rows(loaded: Any) -> list[Row]:
     """One row per cell of Tables 1, 2, 4 and 6 (as differences between neighbouring optimizers), measured
     from recorded results of the catalogue's paper experiments (``paper`` mode) where present."""
@@ -293,46 +298,18 @@ def paper_table_rows(loaded: Any) -> list[Row]:
                 f"{_KEYS[key]}: {a.upper()} {relation} {b.upper()} (paper {paper[i]:g} vs {paper[j]:g})"
             )
             if rec is None:
-                rows.append(
-                    Row(
-                        claim,
-                        statement,
-                        "ch. 6 (CLI)",
-                        "CIFAR on GPU",
-                        "no recorded result",
-                        "not attempted",
-                        f"results/{exp}-paper.json",
-                    )
-                )
+                source = f"results/{exp}-paper.json"
+                rows.append(_gpu_row(claim, statement, "no recorded result", "not attempted", source))
                 continue
             scale = 100.0 if key == "test_acc" else 1.0
             va, vb = rec.values(a + suffix, key), rec.values(b + suffix, key)
             if not va or not vb:
-                rows.append(
-                    Row(
-                        claim,
-                        statement,
-                        "ch. 6 (CLI)",
-                        "CIFAR on GPU",
-                        "runs missing",
-                        "not attempted",
-                        rec.path.name,
-                    )
-                )
+                rows.append(_gpu_row(claim, statement, "runs missing", "not attempted", rec.path.name))
                 continue
             d = difference(va, vb)
-            rows.append(
-                Row(
-                    claim,
-                    statement,
-                    "ch. 6 (CLI)",
-                    "CIFAR on GPU",
-                    f"{statistics.fmean(va) * scale:.4g} vs {statistics.fmean(vb) * scale:.4g}: "
-                    f"{d.text(scale)}",
-                    d.status(sign) if sign else d.equal_status(),
-                    rec.path.name,
-                )
-            )
+            means = f"{statistics.fmean(va) * scale:.4g} vs {statistics.fmean(vb) * scale:.4g}"
+            status = d.status(sign) if sign else d.equal_status()
+            rows.append(_gpu_row(claim, statement, f"{means}: {d.text(scale)}", status, rec.path.name))
     for setting in TABLE2:
         rows.append(
             Row(
