@@ -158,6 +158,11 @@ class Engine:
         gradient is checked here. Returns ``skipped``."""
         self._restore_weights()
         self._restore_buffers()
+        return self._checked_base_step(finite)
+
+    def _checked_base_step(self, finite: Tensor) -> Tensor:
+        """The guarded base step once the descent gradient is in ``.grad`` (weights at w): its norm is
+        checked here, unless a GradScaler checks it anyway. Returns ``skipped``."""
         if self._scaler is None:
             finite = finite & torch.isfinite(self._grad_norm())
         return self._base_step(finite)

@@ -193,7 +193,7 @@ class MSAM(PerturbedOptimizer):
         if moved:
             skipped = self._restore_and_step(finite)
         else:
-            skipped = self._base_step(finite & torch.isfinite(self._grad_norm()))
+            skipped = self._checked_base_step(finite)
         enorms = self._perturbation_scale(gnorms) * gnorms
         if weights is None:
             loss, loss2 = losses.mean(), losses2.mean()

@@ -175,7 +175,7 @@ class SAM(PerturbedOptimizer):
             self._check_closure_grads()
             finite = self._finite(loss)
             if self.rho == 0.0:
-                self._base_step(finite & torch.isfinite(self._grad_norm()))
+                self._checked_base_step(finite)
                 return loss
             self._save_buffers()
             gnorm, _ = self._ascend()
