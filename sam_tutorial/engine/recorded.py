@@ -32,10 +32,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,16 +64,30 @@ def expected_hash(experiment: str, mode: str, label: str, seed: int, world_size:
     Raises:
         ValueError: for an unknown experiment, mode or run label.
     """
+    return _hasher(experiment, mode)(label, seed, world_size)
+
+
+def _hasher(experiment: str, mode: str) -> Callable[[str, int, int], str]:
+    """``(label, seed, world_size) -> hash`` for the runs of ``experiment`` in ``mode``, the catalogue
+    looked up once (a file's records share it).
+
+    Raises:
+        ValueError: for an unknown experiment or mode (at once), or an unknown run label (when called).
+    """
     from sam_tutorial.engine.experiments import get_experiment
     from sam_tutorial.engine.runs import run_hash
 
     exp = get_experiment(experiment)
     specs = {s.label: s for s in exp.runs(mode)}
-    if label not in specs:
-        raise ValueError(
-            f"{label!r} is not a run of {experiment!r} in {mode} mode; its runs: {', '.join(specs)}"
-        )
-    return run_hash(exp, mode, specs[label], int(seed), specs, world_size)
+
+    def digest(label: str, seed: int, world_size: int = 1) -> str:
+        if label not in specs:
+            raise ValueError(
+                f"{label!r} is not a run of {experiment!r} in {mode} mode; its runs: {', '.join(specs)}"
+            )
+        return run_hash(exp, mode, specs[label], int(seed), specs, world_size)
+
+    return digest
 
 
 def _world_size(record: Mapping[str, Any]) -> int:
@@ -91,12 +104,16 @@ def check_recorded(data: Mapping[str, Any]) -> str | None:
     if not isinstance(records, list) or not records:
         return "it holds no records"
     experiment, mode = data.get("experiment"), data.get("mode")
+    try:
+        hasher = _hasher(str(experiment), str(mode))
+    except ValueError as err:
+        hasher, unknown = None, err
     for rec in records:
         key = f"({rec.get('label')!r}, seed {rec.get('seed')})"
+        if hasher is None:
+            return f"run {key}: {unknown}"
         try:
-            digest = expected_hash(
-                str(experiment), str(mode), str(rec.get("label")), int(rec.get("seed", -1)), _world_size(rec)
-            )
+            digest = hasher(str(rec.get("label")), int(rec.get("seed", -1)), _world_size(rec))
         except (ValueError, TypeError) as err:
             return f"run {key}: {err}"
         if rec.get("config_hash") != digest:
@@ -265,9 +282,7 @@ def write_recorded(
         ValueError: if a record does not match the catalogue now (see :func:`check_recorded`); nothing is
             written then.
     """
-    import torch
-
-    from sam_tutorial import __version__
+    from sam_tutorial.engine.runs import versions
     from sam_tutorial.engine.storage import write_json
 
     data: dict[str, Any] = {
@@ -277,12 +292,7 @@ def write_recorded(
         "provenance": {
             "command": command,
             "commit": commit if commit is not None else git_commit(),
-            "package": {
-                "sam_tutorial": __version__,
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-            },
+            "package": versions(),
             "device": device,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "wall_seconds": float(wall_seconds),
