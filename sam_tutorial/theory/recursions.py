@@ -335,9 +335,7 @@ def discrete_trajectory(
     size = check_sizes(n, v, b, m, replacement)
     _check_run(eta, rho, n_steps, n_paths)
     check_seed("seed", seed)
-    x = x0.expand(n_paths, x0.shape[-1]).clone() if x0.dim() == 1 else x0.clone()
-    if x.shape[0] != n_paths:
-        raise ValueError(f"x0 must be [d] or [n_paths, d] = [{n_paths}, d]; got {tuple(x0.shape)}")
+    x = _start(x0, n_paths)
     gen = torch.Generator().manual_seed(seed)
     step = vmap(lambda x, d, p: _direction(problem, x, d, p, rho, v.normalize))
     sgd_step = vmap(lambda x, d: _direction(problem, x, d, None, rho, v.normalize))
@@ -354,7 +352,16 @@ def discrete_trajectory(
 
 
 def _check_run(eta: float, rho: float, n_steps: int, n_paths: int) -> None:
+    """The checks shared by the trajectory simulators (here, ``sde.euler_maruyama``, ``valley.simulate``)."""
     check_nonneg("eta", eta, positive=True)
     check_nonneg("rho", rho)
     check_int("n_steps", n_steps, 0)
     check_int("n_paths", n_paths)
+
+
+def _start(x0: Tensor, n_paths: int) -> Tensor:
+    """The ``[n_paths, d]`` start of a trajectory simulator from ``x0``, ``[d]`` or ``[n_paths, d]``."""
+    x = x0.expand(n_paths, x0.shape[-1]).clone() if x0.dim() == 1 else x0.clone()
+    if x.shape[0] != n_paths:
+        raise ValueError(f"x0 must be [d] or [n_paths, d] = [{n_paths}, d]; got {tuple(x0.shape)}")
+    return x

@@ -54,12 +54,13 @@ import torch
 from torch import Tensor
 from torch.func import grad, jacrev, vmap
 
-from sam_tutorial.config import check_seed
+from sam_tutorial.config import check_int, check_seed
 from sam_tutorial.sgn.batches import BatchDistribution, batch_distribution, batch_noise_coefficient
 from sam_tutorial.theory.recursions import (
     ProblemFn,
     Variant,
     _check_run,
+    _start,
     check_sizes,
     discrete_trajectory,
     parse_variant,
@@ -312,8 +313,7 @@ def euler_maruyama(
     torch.Size([6, 3, 2])
     """
     _check_run(eta, rho, n_steps, n_paths)
-    if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
-        raise ValueError(f"substeps must be an integer >= 1, got {substeps!r}")
+    check_int("substeps", substeps)
     v, n, size, law = _setup(problem, x0, variant, b, m, replacement, max_batches, "x0")
     reg = _regularizer_fn(problem, v, n, size, rho, replacement, law)
     quarter_eta = 0.25 * eta if include_eta_term else 0.0
@@ -327,9 +327,7 @@ def euler_maruyama(
     neg_drift = vmap(grad(potential))
     per_sample = vmap(jacrev(problem))
     scale = (batch_noise_coefficient(n, b, replacement=replacement) / n) ** 0.5
-    x = x0.expand(n_paths, x0.shape[-1]).clone() if x0.dim() == 1 else x0.clone()
-    if x.shape[0] != n_paths:
-        raise ValueError(f"x0 must be [d] or [n_paths, d] = [{n_paths}, d]; got {tuple(x0.shape)}")
+    x = _start(x0, n_paths)
     gen = torch.Generator(device=x.device).manual_seed(check_seed("seed", seed))
     h = eta / substeps
     out = [x]

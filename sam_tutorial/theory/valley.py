@@ -40,9 +40,10 @@ import math
 import torch
 from torch import Tensor
 
-from sam_tutorial.config import check_int
+from sam_tutorial.config import check_int, check_seed
 from sam_tutorial.sgn.batches import batch_noise_coefficient
 from sam_tutorial.sgn.monte_carlo import sample_batches
+from sam_tutorial.theory.recursions import _check_run, _start, check_sizes, parse_variant
 
 __all__ = [
     "KINDS",
@@ -56,11 +57,6 @@ __all__ = [
 
 KINDS = ((1.0, 1.0), (-1.0, 1.0), (1.0, -1.0), (-1.0, -1.0))
 """The four kinds :math:`(s,b)`; sample :math:`i` is of kind ``i % 4``."""
-
-_FAMILY = {"sgd": ("none", False), "usam": ("batch", False), "n-usam": ("full", False),
-           "m-usam": ("micro", False), "sam": ("batch", True), "n-sam": ("full", True),
-           "m-sam": ("micro", True)}
-
 
 class ValleyProblem:
     r"""The valley problem of the module docstring, a callable ``x [..., 2] -> [..., n]``.
@@ -187,9 +183,7 @@ def predicted_u(
     Raises:
         ValueError: for an unknown variant.
     """
-    if variant not in _FAMILY:
-        raise ValueError(f"variant must be one of {', '.join(map(repr, _FAMILY))}; got {variant!r}")
-    scope, normalize = _FAMILY[variant]
+    _, scope, normalize = parse_variant(variant)
     times = times.to(torch.float64)
     if scope in ("none", "full") or rho == 0:
         return torch.full_like(times, u0)
@@ -242,22 +236,16 @@ def simulate(
         ``[n_steps // record_every + 1, n_paths, 2]`` (the start included).
 
     Raises:
-        ValueError: for an unknown variant, ``m`` missing or not dividing ``b`` for m-variants,
-            ``eta <= 0`` or ``rho < 0``.
+        ValueError: as :func:`~sam_tutorial.theory.recursions.discrete_trajectory` (the same checks),
+            or for ``record_every < 1``.
     """
-    if variant not in _FAMILY:
-        raise ValueError(f"variant must be one of {', '.join(map(repr, _FAMILY))}; got {variant!r}")
-    if not eta > 0 or not rho >= 0:
-        raise ValueError(f"need eta > 0 and rho >= 0, got eta={eta!r}, rho={rho!r}")
-    scope, normalize = _FAMILY[variant]
-    b, n_steps, n_paths = check_int("b", b), check_int("n_steps", n_steps, 0), check_int("n_paths", n_paths)
-    size = b
-    if scope == "micro":
-        if m is None or check_int("m", m) > b or b % m:
-            raise ValueError(f"m must be a positive integer dividing b = {b} for {variant!r}; got {m!r}")
-        size = m
-    gen = torch.Generator().manual_seed(seed)
-    x = x0.expand(n_paths, 2).clone()
+    v = parse_variant(variant)
+    scope, normalize = v.scope, v.normalize
+    size = check_sizes(problem.n, v, b, m, replacement)
+    _check_run(eta, rho, n_steps, n_paths)
+    check_int("record_every", record_every)
+    gen = torch.Generator().manual_seed(check_seed("seed", seed))
+    x = _start(x0, n_paths)
     out = [x]
     for k in range(n_steps):
         index = sample_batches(problem.n, b, n_paths, replacement=replacement, generator=gen)

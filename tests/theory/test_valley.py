@@ -140,3 +140,12 @@ def test_bad_arguments():
         simulate(p, x0, "adam", eta=0.1, rho=0.1, b=4, n_steps=1)
     with pytest.raises(ValueError, match="m must"):
         simulate(p, x0, "m-sam", eta=0.1, rho=0.1, b=4, m=3, n_steps=1)
+    # the checks of discrete_trajectory, which simulate shares
+    with pytest.raises(ValueError, match="eta"):
+        simulate(p, x0, "sam", eta=0.0, rho=0.1, b=4, n_steps=1)
+    with pytest.raises(ValueError, match="without replacement"):
+        simulate(p, x0, "sam", eta=0.1, rho=0.1, b=5, n_steps=1, replacement=False)
+    with pytest.raises(ValueError, match="seed"):
+        simulate(p, x0, "sam", eta=0.1, rho=0.1, b=4, n_steps=1, seed=-1)
+    with pytest.raises(ValueError, match="x0 must be"):
+        simulate(p, torch.zeros(3, 2, dtype=DT), "sam", eta=0.1, rho=0.1, b=4, n_steps=1, n_paths=2)
