@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sam_tutorial import MSAM, RWSAM, SAM, __version__
+from sam_tutorial import MSAM, RWSAM, SAM
 from sam_tutorial.engine import cost
 from sam_tutorial.engine.catalog.paper import PAPER_MODELS
 from sam_tutorial.engine.models import build_model
 from sam_tutorial.engine.recorded import git_commit
+from sam_tutorial.engine.runs import versions
 from sam_tutorial.engine.storage import write_json
 
 CE = torch.nn.CrossEntropyLoss(reduction="none")
@@ -134,12 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 "command": "python tools/time_paper_models.py "
                 + " ".join(sys.argv[1:] if argv is None else argv),
                 "commit": git_commit(),
-                "package": {
-                    "sam_tutorial": __version__,
-                    "torch": torch.__version__,
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                },
+                "package": versions(),
                 "device": f"{device.type}: {gpu or platform.processor() or platform.machine()}",
                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "wall_seconds": time.perf_counter() - started,
