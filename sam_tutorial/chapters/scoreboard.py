@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,13 +114,15 @@ class Row:
 
 
 def markdown(
-    rows: Iterable[Row],
+    rows: Iterable[Row | Mapping[str, Any]],
     columns: Sequence[str] = ("claim", "status", "statement", "where", "scale", "measured", "source"),
 ) -> str:
-    """The rows as a Markdown table (``|`` in cells escaped)."""
+    """The rows (scoreboard rows, or mappings from column to value) as a Markdown table (``|`` in cells
+    escaped)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [str(getattr(row, c)).replace("|", "\\|") for c in columns]
+        values = [row[c] if isinstance(row, Mapping) else getattr(row, c) for c in columns]
+        cells = [str(v).replace("|", "\\|") for v in values]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

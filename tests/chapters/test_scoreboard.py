@@ -34,6 +34,8 @@ def test_markdown_escapes_pipes() -> None:
     row = sb.Row("C1", "a | b", "ch. 2", "toy", "|z| ≤ 2", "reproduced", "here")
     text = sb.markdown([row])
     assert text.splitlines()[0].startswith("| claim |") and "a \\| b" in text and text.count("\n") == 2
+    plain = sb.markdown([{"x": 1, "y": "p|q"}], ["y", "x"])
+    assert plain.splitlines() == ["| y | x |", "|---|---|", "| p\\|q | 1 |"]
 
 
 def test_toy_rows_are_computed() -> None:
