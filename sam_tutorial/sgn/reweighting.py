@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
+from sam_tutorial.optim.rwsam import gibbs_weights  # the weights RW-SAM itself uses (one definition)
 from sam_tutorial.sgn.fast_norms import per_sample_sq_norms, supports_fast_norms
 from sam_tutorial.sgn.per_sample import per_sample_grads
 
@@ -61,17 +62,6 @@ SCORES = ("fd", "jvp", "norm")
 """The per-sample scores (table above) by finite difference, exact directional derivative, exact norm."""
 
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
-
-
-def _check_lam(lam: float) -> None:
-    if not (math.isfinite(lam) and lam >= 0):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-
-
-def gibbs_weights(scores: Tensor, lam: float) -> Tensor:
-    r""":math:`p_i=e^{\lambda s_i}/\sum_je^{\lambda s_j}` over the last dimension."""
-    _check_lam(lam)
-    return torch.softmax(lam * scores, dim=-1)
 
 
 def gibbs_objective(p: Tensor, scores: Tensor, lam: float) -> Tensor:
