@@ -141,6 +141,14 @@ class Engine:
                 torch._foreach_add_(ps, gs)
         weights_changed()
 
+    def _ascend(self, adaptive_eps: float | None = None) -> tuple[Tensor, Tensor]:
+        """w <- w + e from the pass-1 gradients in ``.grad``; returns (||g||, ||e||)."""
+        gnorm = self._grad_norm(adaptive_eps)
+        scale = self._perturbation_scale(gnorm)
+        self._perturb(scale, adaptive_eps)
+        # ASAM's ||e|| = rho ||T^2 g|| / ||T g|| is not rho: measure it (the gradients now hold e)
+        return gnorm, self._grad_norm() if adaptive_eps is not None else scale * gnorm
+
     def _perturbation_scale(self, gnorm: Tensor) -> Tensor:
         """rho/||g|| (SAM) or rho (USAM), as a 0-d float32 device tensor; unscales AMP gradients."""
         if self.normalize:

@@ -121,8 +121,8 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
     * ``_perturbed_step(batch, n) -> StepStats``: one step with ``rho > 0``. When it is called, the
       weights are backed up (``_restore_weights`` puts w back), the buffers as they were before the
       step are saved, gradients are as the user left them, and any exception raised puts everything
-      back. Use ``_losses(batch, n)`` for per-sample losses, ``_backward``, ``_grad_norm``,
-      ``_perturbation_scale``, ``_perturb``, ``_save_buffers`` (after pass 1) and finish with
+      back. Use ``_losses(batch, n)`` for per-sample losses, ``_backward``, ``_save_buffers`` (after pass 1),
+      ``_ascend`` (or ``_grad_norm``, ``_perturbation_scale``, ``_perturb``) and finish with
       ``_restore_and_step(finite)``, which returns ``skipped``. Under DDP wrap pass 1 in
       ``_ascent_context()`` and the descent loss in ``_nan_unless(loss, finite)``.
     * ``_check_batch(n)``: reject a batch size the variant cannot use (before anything changes).

@@ -351,10 +351,8 @@ class RWSAM(PerturbedOptimizer):
                 p, factor = self._weights_from_scores(scores).detach(), 1.0
             self.last_weights = p
             self._backward((p.to(losses.dtype) * losses).sum() * factor)
-        gnorm = self._grad_norm()
         self._save_buffers()
-        scale = self._perturbation_scale(gnorm)
-        self._perturb(scale)
+        gnorm, enorm = self._ascend()
         self.zero_grad()
         losses2 = self._losses(batch, n)
         loss2 = losses2.mean()
@@ -363,7 +361,7 @@ class RWSAM(PerturbedOptimizer):
         descent = (p.to(losses2.dtype) * losses2).sum() * factor if self.weighted_descent else loss2
         self._backward(self._nan_unless(descent, finite))
         skipped = self._restore_and_step(finite & torch.isfinite(loss2))
-        return StepStats(loss, loss2.detach(), self._unscaled(gnorm), scale * gnorm, skipped)
+        return StepStats(loss, loss2.detach(), self._unscaled(gnorm), enorm, skipped)
 
     def _global_weights(self, scores: Tensor) -> tuple[Tensor, float]:
         """Gibbs weights over the global batch (DDP, ``scope="global"``): this rank's slice, and the

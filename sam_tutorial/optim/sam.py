@@ -138,14 +138,9 @@ class SAM(PerturbedOptimizer):
             self.zero_grad()
         return skipped
 
-    def _ascend(self) -> tuple[Tensor, Tensor]:
-        """w <- w + e from the pass-1 gradients in ``.grad``; returns (||g||, ||e||)."""
-        eps = self.adaptive_eps if self.adaptive else None
-        gnorm = self._grad_norm(eps)
-        scale = self._perturbation_scale(gnorm)
-        self._perturb(scale, eps)
-        # ASAM's ||e|| = rho ||T^2 g|| / ||T g|| is not rho: measure it (the gradients now hold e)
-        return gnorm, self._grad_norm() if self.adaptive else scale * gnorm
+    def _ascend(self, adaptive_eps: float | None = None) -> tuple[Tensor, Tensor]:
+        """The engine's ascent, scaled by ASAM's T = abs(w) + adaptive_eps when ``adaptive``."""
+        return super()._ascend(self.adaptive_eps if self.adaptive else adaptive_eps)
 
     # ------------------------------------------------------------ the two step forms
     def _perturbed_step(self, batch: Any, n: int) -> StepStats:
