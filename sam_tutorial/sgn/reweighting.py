@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
+from sam_tutorial.config import check_nonneg
 from sam_tutorial.optim.rwsam import gibbs_weights  # the weights RW-SAM itself uses (one definition)
 from sam_tutorial.sgn.fast_norms import per_sample_sq_norms, supports_fast_norms
 from sam_tutorial.sgn.per_sample import per_sample_grads
@@ -66,16 +67,14 @@ SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
 def gibbs_objective(p: Tensor, scores: Tensor, lam: float) -> Tensor:
     r""":math:`\langle p,s\rangle+\mathbb H(p)/\lambda` for ``p`` on the simplex (rows; ``0 log 0 = 0``)."""
-    if not (math.isfinite(lam) and lam > 0):
-        raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+    check_nonneg("lam", lam, positive=True)
     entropy = -torch.special.xlogy(p, p).sum(-1)
     return (p * scores).sum(-1) + entropy / lam
 
 
 def gibbs_value(scores: Tensor, lam: float) -> Tensor:
     r"""The maximum :math:`\frac1\lambda\log\sum_ie^{\lambda s_i}` of :func:`gibbs_objective`."""
-    if not (math.isfinite(lam) and lam > 0):
-        raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+    check_nonneg("lam", lam, positive=True)
     return torch.logsumexp(lam * scores, dim=-1) / lam
 
 
@@ -84,8 +83,7 @@ def maximize_on_simplex(scores: Tensor, lam: float, *, steps: int = 2000, lr: fl
 
     An independent check of the Gibbs form: the iteration never uses the softmax solution.
     """
-    if not (math.isfinite(lam) and lam > 0):
-        raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+    check_nonneg("lam", lam, positive=True)
     q = torch.full_like(scores, 1.0 / scores.shape[-1])
     step = lr / max(1.0, lam)  # the entropy term's curvature grows like 1/(lam q); keep the step stable
     for _ in range(steps):
@@ -102,8 +100,7 @@ def maximize_unrelaxed(grads: Tensor, lam: float, *, steps: int = 2000, lr: floa
     :math:`g_i` point the same way, :math:`\|\sum_ip_ig_i\|=\sum_ip_i\|g_i\|` and the answer is the Gibbs
     weights of the norms; otherwise the two differ, which is what RW-SAM's relaxation discards.
     """
-    if not (math.isfinite(lam) and lam > 0):
-        raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+    check_nonneg("lam", lam, positive=True)
     q = torch.full(grads.shape[:1], 1.0 / grads.shape[0], dtype=grads.dtype, device=grads.device)
     step = lr * min(1.0, lam)
     for _ in range(steps):
