@@ -65,7 +65,7 @@ test: lint typecheck unit notebooks book-check
 	@echo "make test: all stages passed"
 
 lint: $(STAMP)
-	@$(STAGE) test "ruff" "$(BIN)/ruff" check sam_tutorial tests
+	@$(STAGE) test "ruff" "$(BIN)/ruff" check sam_tutorial tests tools
 
 typecheck: $(STAMP)
 	@$(STAGE) test "mypy" "$(BIN)/mypy"
