@@ -234,11 +234,9 @@ def main(
     Raises:
         ValueError: on an unknown model or device, or a batch size < 1.
     """
-    import json
-    import os
-    import tempfile
-
+    from sam_tutorial.config import check_int
     from sam_tutorial.engine.models import build_model
+    from sam_tutorial.engine.storage import write_json
 
     dev = torch.device(device) if device else (
         torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
@@ -247,8 +245,7 @@ def main(
     name = model or default_model(dev)
     if name not in PRESETS:
         raise ValueError(f"model must be one of {', '.join(PRESETS)}; got {name!r}")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+    check_int("batch", batch)
     arch, shape, options = PRESETS[name]
     torch.manual_seed(0)
     net = build_model(arch, num_classes=10, input_shape=shape, **options).to(dev)
@@ -259,12 +256,7 @@ def main(
     result = run(net, inputs, targets, model_name=name, ms=ms, rounds=rounds, warmup=warmup)
     print(format_table(result))
     if json_path:
-        folder = os.path.dirname(os.path.abspath(json_path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(result, fh, indent=1)
-        os.replace(tmp, json_path)  # atomic: a killed run never leaves half a file
+        write_json(json_path, result)  # atomic: a killed run never leaves half a file
         print(f"wrote {json_path}")
     return result
 
@@ -284,8 +276,9 @@ def find_results(folder: str | None = None) -> list[dict[str, Any]]:
     Looks in ``folder`` if given, else in ``results/`` of the working directory, of its parent (a
     notebook runs in ``book/``) and of the repository the package was installed from.
     """
-    import json
     from pathlib import Path
+
+    from sam_tutorial.engine.storage import read_json
 
     if folder is not None:
         candidates = [Path(folder)]
@@ -295,7 +288,7 @@ def find_results(folder: str | None = None) -> list[dict[str, Any]]:
     for path in candidates:
         files = sorted(path.glob("bench-*.json")) if path.is_dir() else []
         if files:
-            return [json.loads(f.read_text()) for f in files]
+            return [read_json(f) for f in files]
     return []
 
 
