@@ -122,7 +122,6 @@ def snippets(pattern: re.Pattern[str], text: str, limit: int = 3) -> list[str]:
 def check_page(page, path: Path, html: Path, out: Path, timeout_ms: int) -> dict:
     rel = path.relative_to(html).as_posix()
     blocked: list[str] = []
-    page.on("requestfailed", lambda r: None)
     page.unroute("**/*")
 
     def route(r):
