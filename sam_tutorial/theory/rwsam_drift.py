@@ -49,6 +49,7 @@ from torch import Tensor
 from torch.func import grad, jacrev, jvp, vmap
 
 from sam_tutorial.sgn.batches import batch_distribution
+from sam_tutorial.sgn.variance import sgn_trace
 
 __all__ = [
     "DESCENTS",
@@ -209,10 +210,7 @@ def expected_fixed_weights_update(losses: ProblemFn, x: Tensor, *, rho: float, p
 
 
 def _trace_V(losses: ProblemFn) -> Callable[[Tensor], Tensor]:
-    def tr(y: Tensor) -> Tensor:
-        j = jacrev(losses)(y)
-        return (j - j.mean(0)).square().sum(-1).mean()
-    return tr
+    return lambda y: sgn_trace(jacrev(losses)(y))
 
 
 def fixed_weights_drift(losses: ProblemFn, x: Tensor, *, rho: float, perturb: Tensor,
