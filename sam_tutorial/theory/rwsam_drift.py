@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jacrev, jvp, vmap
 
+from sam_tutorial.config import check_nonneg
 from sam_tutorial.sgn.batches import batch_distribution
 from sam_tutorial.sgn.variance import sgn_trace
 
@@ -71,10 +72,8 @@ DESCENTS = ("uniform", "weighted")
 
 
 def _check(rho: float, lam: float, descent: str) -> None:
-    if not (math.isfinite(rho) and rho >= 0):
-        raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
-    if not (math.isfinite(lam) and lam >= 0):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    check_nonneg("rho", rho)
+    check_nonneg("lam", lam)
     if descent not in DESCENTS:
         raise ValueError(f"descent must be one of {', '.join(DESCENTS)}; got {descent!r}")
 
