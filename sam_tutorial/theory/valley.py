@@ -43,7 +43,7 @@ from torch import Tensor
 from sam_tutorial.config import check_int, check_seed
 from sam_tutorial.sgn.batches import batch_noise_coefficient
 from sam_tutorial.sgn.monte_carlo import sample_batches
-from sam_tutorial.theory.recursions import _check_run, _start, check_sizes, parse_variant
+from sam_tutorial.theory.recursions import _check_run, _start, check_sizes, parse_variant, problem_size
 
 __all__ = [
     "KINDS",
@@ -241,7 +241,7 @@ def simulate(
     """
     v = parse_variant(variant)
     scope, normalize = v.scope, v.normalize
-    size = check_sizes(problem.n, v, b, m, replacement)
+    size = check_sizes(problem_size(problem, x0, "x0"), v, b, m, replacement)
     _check_run(eta, rho, n_steps, n_paths)
     check_int("record_every", record_every)
     gen = torch.Generator().manual_seed(check_seed("seed", seed))

@@ -149,3 +149,5 @@ def test_bad_arguments():
         simulate(p, x0, "sam", eta=0.1, rho=0.1, b=4, n_steps=1, seed=-1)
     with pytest.raises(ValueError, match="x0 must be"):
         simulate(p, torch.zeros(3, 2, dtype=DT), "sam", eta=0.1, rho=0.1, b=4, n_steps=1, n_paths=2)
+    with pytest.raises(ValueError, match="x0 must be a floating-point tensor"):
+        simulate(p, [0.0, 0.0], "sam", eta=0.1, rho=0.1, b=4, n_steps=1)
