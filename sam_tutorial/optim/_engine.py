@@ -171,9 +171,10 @@ class Engine:
     def _checked_base_step(self, finite: Tensor) -> Tensor:
         """The guarded base step once the descent gradient is in ``.grad`` (weights at w): its norm is
         checked here, unless a GradScaler checks it anyway. Returns ``skipped``."""
-        if self._scaler is None:
-            finite = finite & torch.isfinite(self._grad_norm())
-        return self._base_step(finite)
+        if self._scaler is not None:
+            return self._base_step(finite)
+        gnorm = self._grad_norm()
+        return self._base_step(finite & torch.isfinite(gnorm), gnorm)
 
     # ----------------------------------------------------------------- buffers
     def _model_buffers(self) -> list[Tensor]:
@@ -200,8 +201,9 @@ class Engine:
                 )
 
     # ----------------------------------------------------------------- the base step
-    def _base_step(self, finite: Tensor) -> Tensor:
+    def _base_step(self, finite: Tensor, gnorm: Tensor | None = None) -> Tensor:
         """The base optimizer's step, taken only if ``finite``; returns ``skipped`` as a device tensor.
+        ``gnorm``: the norm of the unscaled descent gradient if already computed (clipping reuses it).
 
         A skipped step changes nothing: parameters, the base optimizer's state and the model's buffers
         are as before the step. Expects the weights backup to hold the current weights.
@@ -210,12 +212,12 @@ class Engine:
             if self._scaler is not None:
                 skipped = self._scaled_base_step(finite)
             elif not self.skip_nonfinite:
-                self._clip()
+                self._clip(gnorm)
                 self.base.step()
                 self._base_done = True
                 return ~finite
             else:
-                skipped = self._guarded_base_step(finite)
+                skipped = self._guarded_base_step(finite, gnorm)
             if self._buffers:
                 with torch.no_grad():
                     bitwise_select_(~skipped, self._buffers, self._buf_before_step)
@@ -223,10 +225,13 @@ class Engine:
         finally:
             weights_changed()
 
-    def _clip(self) -> None:
+    def _clip(self, gnorm: Tensor | None = None) -> None:
+        """``clip_grad_norm_`` to ``max_grad_norm``, reusing ``gnorm`` (the gradients' norm) if given."""
         if self.max_grad_norm is not None:
-            params = [p for ps, _ in self._grads() for p in ps]
-            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+            gnorm = self._grad_norm() if gnorm is None else gnorm
+            coef = (self.max_grad_norm / (gnorm + 1e-6)).clamp(max=1.0)  # as torch's clip_grad_norm_
+            for _, gs in self._grads():
+                torch._foreach_mul_(gs, coef.to(gs[0].device))
 
     def _base_state_tensors(self) -> list[Tensor] | None:
         """Tensors of the base optimizer's state for parameters with a gradient; ``None`` while a
@@ -241,8 +246,8 @@ class Engine:
                     return None
         return out
 
-    def _guarded_base_step(self, finite: Tensor) -> Tensor:
-        self._clip()
+    def _guarded_base_step(self, finite: Tensor, gnorm: Tensor | None) -> Tensor:
+        self._clip(gnorm)
         state = self._base_state_tensors()
         if state is None:
             if bool(finite):  # host decision, only until the base optimizer has stepped every parameter
@@ -280,8 +285,9 @@ class Engine:
             g = grads[0][1][0]
             g.mul_(torch.where(finite, 1.0, float("nan")).to(g.dtype))
         scaler.unscale_(self.base)
-        self._clip()
-        finite = torch.isfinite(self._grad_norm())
+        gnorm = self._grad_norm()
+        self._clip(gnorm)
+        finite = torch.isfinite(gnorm)
         scaler.step(self.base)  # skips the base step if any gradient is non-finite
         scaler.update()
         self._base_done = True

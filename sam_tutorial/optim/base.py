@@ -383,10 +383,10 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
         loss = self._losses(batch, n).mean()
         self.zero_grad()  # only once the call is known to be valid: a rejected call changes nothing
         self._backward(loss)
-        gnorm = self._grad_norm()
-        skipped = self._base_step(torch.isfinite(loss) & torch.isfinite(gnorm))
+        gnorm = self._unscaled(self._grad_norm())
+        skipped = self._base_step(torch.isfinite(loss) & torch.isfinite(gnorm), gnorm)
         zero = torch.zeros((), device=gnorm.device)
-        return StepStats(loss.detach(), loss.detach(), self._unscaled(gnorm), zero, skipped)
+        return StepStats(loss.detach(), loss.detach(), gnorm, zero, skipped)
 
     # ----------------------------------------------------------------- passes
     def _losses(self, batch: Any, n: int) -> Tensor:

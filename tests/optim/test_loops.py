@@ -419,6 +419,25 @@ def test_max_grad_norm_clips_the_descent_gradient_with_and_without_a_scaler() ->
         torch.testing.assert_close(m.weight.squeeze(0), expected, atol=1e-6, rtol=0)
 
 
+def test_max_grad_norm_clips_the_plain_step_with_and_without_a_scaler() -> None:
+    """rho = 0, by hand: w − lr · g · min(1, c/‖g‖); the norm computed once is the one clipped with."""
+    model, x, y = regression()
+    model = model.float()
+    x, y = x.float(), y.float()
+    w = model.weight.detach().clone().squeeze(0)
+    g = lsq_grad(w, x, y)
+    clip = 0.25 * float(g.norm())
+    expected = w - 0.1 * g * min(1.0, clip / (float(g.norm()) + 1e-6))
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**10)):
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            m.weight.copy_(w.unsqueeze(0))
+        opt = SAM(m, torch.optim.SGD(m.parameters(), lr=0.1), rho=0.0, max_grad_norm=clip, scaler=scaler)
+        stats = opt.step(x, y, lambda out, t: 0.5 * (out.squeeze(-1) - t) ** 2)
+        torch.testing.assert_close(m.weight.squeeze(0), expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(stats.grad_norm, g.norm(), atol=1e-5, rtol=1e-5)  # before clipping
+
+
 # ----------------------------------------------------------------------------- state_dict
 def test_state_dict_has_the_base_layout_plus_one_key_and_hooks_run() -> None:
     model = mlp()
