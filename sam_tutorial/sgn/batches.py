@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from sam_tutorial.config import check_int
 from sam_tutorial.sgn.monte_carlo import sample_batches
 from sam_tutorial.sgn.variance import _check_grads, sgn_trace
 
@@ -62,8 +63,7 @@ def batch_noise_coefficient(n: int, b: int, *, replacement: bool = False) -> flo
 
 
 def _check_nb(n: int, b: int, replacement: bool) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_int("n", n)
     hi = "" if replacement else f", and b <= n = {n} without replacement"
     if isinstance(b, bool) or not isinstance(b, int) or b < 1 or (not replacement and b > n):
         raise ValueError(f"b must be an integer >= 1{hi}; got {b!r}")
@@ -123,8 +123,7 @@ def batch_distribution(
     True
     """
     _check_nb(n, b, replacement)
-    if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1:
-        raise ValueError(f"max_batches must be a positive integer, got {max_batches!r}")
+    check_int("max_batches", max_batches)
     count = math.comb(n + b - 1, b) if replacement else math.comb(n, b)
     if count <= max_batches:
         combos = (

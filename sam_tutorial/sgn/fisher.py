@@ -58,10 +58,8 @@ def fisher_trace(
     >>> bool(fisher_trace(net, torch.randn(5, 3)) > 0)
     True
     """
-    if n_label_samples is not None and (
-        isinstance(n_label_samples, bool) or not isinstance(n_label_samples, int) or n_label_samples < 1
-    ):
-        raise ValueError(f"n_label_samples must be a positive integer or None, got {n_label_samples!r}")
+    if n_label_samples is not None:
+        check_int("n_label_samples", n_label_samples)
     inputs = as_tuple(inputs)
     batch = inputs[0].shape[0]
     with _eval(model, eval_mode):

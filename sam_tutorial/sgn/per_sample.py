@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch
+from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_int
 from sam_tutorial.sgn.functional import check_per_sample, flat_params, functional_losses
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
 
@@ -36,9 +36,7 @@ _CHUNK_NUMBERS = 2**21
 def _chunk_size(chunk_size: int | None, batch_size: int, numel: int) -> int:
     if chunk_size is None:
         return max(1, min(batch_size, _CHUNK_NUMBERS // max(numel, 1)))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
-    return chunk_size
+    return check_int("chunk_size", chunk_size)
 
 
 def _grad_chunks(
