@@ -144,11 +144,7 @@ def m_sharpness(
     rho = check_nonneg("rho", rho)
     n_iters = check_int("n_iters", n_iters, 1)
     restarts = check_int("restarts", restarts, 1)
-    if step_size is not None and (
-        isinstance(step_size, bool) or not isinstance(step_size, int | float) or not step_size > 0
-    ):
-        raise ValueError(f"step_size must be a number > 0 or None, got {step_size!r}")
-    alpha = 0.1 * rho if step_size is None else float(step_size)
+    alpha = 0.1 * rho if step_size is None else check_nonneg("step_size", step_size, positive=True)
     with _eval(model, eval_mode):
         mean_loss, w, xs, ys = _micro_batches(model, loss_fn, inputs, targets, m)
         if rho == 0:

@@ -146,8 +146,7 @@ class LogisticProblem:
             )
         if not bool(((labels == 1) | (labels == -1)).all()):
             raise ValueError("labels must be -1 or +1")
-        if l2 < 0:
-            raise ValueError(f"l2 must be >= 0, got {l2!r}")
+        check_nonneg("l2", l2)
         self.features, self.labels, self.l2 = features, labels.to(features.dtype), float(l2)
         self.n, self.dim = features.shape
 
@@ -213,7 +212,7 @@ def logistic_data(
     (torch.Size([6, 3]), True)
     """
     n, dim = check_int("n", n), check_int("dim", dim)
-    if not 0 <= label_noise <= 1:
+    if check_nonneg("label_noise", label_noise) > 1:
         raise ValueError(f"label_noise must be in [0, 1], got {label_noise!r}")
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, dim, generator=gen, dtype=torch.float64)
@@ -299,16 +298,14 @@ def make_sharp_flat_problem(
     >>> bool(torch.isclose(p(a).mean(), p(b).mean(), rtol=0.05))
     True
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    check_int("n", n, 2)
     for name, value in (
         ("sharp_curvature", sharp_curvature),
         ("flat_curvature", flat_curvature),
         ("flat_spread", flat_spread),
         ("separation", separation),
     ):
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value!r}")
+        check_nonneg(name, value, positive=True)
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, 2, generator=gen, dtype=torch.float64)
     z = z - z.mean(0)

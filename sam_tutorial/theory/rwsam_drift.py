@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jacrev, jvp, vmap
 
-from sam_tutorial.config import check_nonneg
+from sam_tutorial.config import check_int, check_nonneg
 from sam_tutorial.sgn.batches import batch_distribution
 from sam_tutorial.sgn.variance import sgn_trace
 
@@ -242,8 +242,8 @@ class NoisyValley:
 
     def __init__(self, n: int = 12, k: int = 3, *, a: float = 1.0, seed: int = 0,
                  dtype: torch.dtype = torch.float64) -> None:
-        if n < 2 or k < 1:
-            raise ValueError(f"need n >= 2 and k >= 1, got n={n}, k={k}")
+        check_int("n", n, 2)
+        check_int("k", k)
         c = torch.randn(n, k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         self.centres = (c - c.mean(0)).to(dtype)
         self.sigma2 = self.centres.square().sum(-1).mean()
