@@ -265,9 +265,7 @@ def expected_update(
     >>> torch.allclose(expected_update(p, x, "sgd", rho=0.0, b=2), p.grads(x).mean(0))
     True
     """
-    v = parse_variant(variant)
-    n = problem_size(problem, x)
-    size = check_sizes(n, v, b, m, replacement)
+    v, n, size = _variant_sizes(problem, x, variant, b, m, replacement)
     if v.scope == "full":
         uniform = torch.full((1, n), 1.0 / n, dtype=x.dtype, device=x.device)
         return _direction(problem, x, uniform, uniform, rho, v.normalize)
@@ -330,9 +328,7 @@ def discrete_trajectory(
     >>> torch.allclose(xs[-1, 0], p.minimizer())   # full batch at the minimiser: no motion
     True
     """
-    v = parse_variant(variant)
-    n = problem_size(problem, x0, "x0")
-    size = check_sizes(n, v, b, m, replacement)
+    v, n, size = _variant_sizes(problem, x0, variant, b, m, replacement, "x0")
     _check_run(eta, rho, n_steps, n_paths)
     check_seed("seed", seed)
     x = _start(x0, n_paths)
@@ -349,6 +345,16 @@ def discrete_trajectory(
         x = x - eta * d
         out.append(x)
     return torch.stack(out)
+
+
+def _variant_sizes(
+    problem: ProblemFn, x: object, variant: str, b: int, m: int | None, replacement: bool, name: str = "x"
+) -> tuple[Variant, int, int]:
+    """The checks every function of a variant at a point shares: ``(variant, n, size)`` from
+    :func:`parse_variant`, :func:`problem_size` (naming ``name``) and :func:`check_sizes`."""
+    v = parse_variant(variant)
+    n = problem_size(problem, x, name)
+    return v, n, check_sizes(n, v, b, m, replacement)
 
 
 def _check_run(eta: float, rho: float, n_steps: int, n_paths: int) -> None:

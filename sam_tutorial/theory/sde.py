@@ -61,9 +61,8 @@ from sam_tutorial.theory.recursions import (
     Variant,
     _check_run,
     _start,
-    check_sizes,
+    _variant_sizes,
     discrete_trajectory,
-    parse_variant,
     problem_size,
 )
 
@@ -80,9 +79,7 @@ def _setup(
     max_batches: int,
     name: str = "x",
 ) -> tuple[Variant, int, int, BatchDistribution | None]:
-    v = parse_variant(variant)
-    n = problem_size(problem, x, name)
-    size = check_sizes(n, v, b, m, replacement)
+    v, n, size = _variant_sizes(problem, x, variant, b, m, replacement, name)
     law = None
     if v.normalize and v.scope != "full":
         law = batch_distribution(

@@ -43,7 +43,7 @@ from torch import Tensor
 from sam_tutorial.config import check_int, check_seed
 from sam_tutorial.sgn.batches import batch_noise_coefficient
 from sam_tutorial.sgn.monte_carlo import sample_batches
-from sam_tutorial.theory.recursions import _check_run, _start, check_sizes, parse_variant, problem_size
+from sam_tutorial.theory.recursions import _check_run, _start, _variant_sizes, parse_variant
 
 __all__ = [
     "KINDS",
@@ -239,9 +239,8 @@ def simulate(
         ValueError: as :func:`~sam_tutorial.theory.recursions.discrete_trajectory` (the same checks),
             or for ``record_every < 1``.
     """
-    v = parse_variant(variant)
+    v, _, size = _variant_sizes(problem, x0, variant, b, m, replacement, "x0")
     scope, normalize = v.scope, v.normalize
-    size = check_sizes(problem_size(problem, x0, "x0"), v, b, m, replacement)
     _check_run(eta, rho, n_steps, n_paths)
     check_int("record_every", record_every)
     gen = torch.Generator().manual_seed(check_seed("seed", seed))
