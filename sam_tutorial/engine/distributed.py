@@ -79,14 +79,11 @@ def init_from_env(backend: str | None = None, device: str | None = None) -> Dist
         raise ValueError(f"device must be 'cpu', 'cuda' or None, got {device!r}")
     if backend not in (None, "gloo", "nccl"):
         raise ValueError(f"backend must be 'gloo', 'nccl' or None, got {backend!r}")
+    world, rank = _world_and_rank()
     try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", str(rank)))
     except ValueError as err:
-        raise ValueError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers: {err}") from None
-    if not 0 <= rank < world:
-        raise ValueError(f"RANK={rank} must be in [0, WORLD_SIZE={world})")
+        raise ValueError(f"LOCAL_RANK must be an integer: {err}") from None
     dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
@@ -97,6 +94,25 @@ def init_from_env(backend: str | None = None, device: str | None = None) -> Dist
                              f"--nproc_per_node {world}, or unset WORLD_SIZE and RANK to run in one process")
         dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"))
     return DistContext(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def _world_and_rank() -> tuple[int, int]:
+    """``WORLD_SIZE`` and ``RANK`` from the environment (1 and 0 where unset).
+
+    Raises:
+        ValueError: if they are not integers, or ``RANK`` is outside ``[0, WORLD_SIZE)``.
+    """
+    raw_world = os.environ.get("WORLD_SIZE", "").strip() or "1"
+    raw_rank = os.environ.get("RANK", "").strip() or "0"
+    try:
+        world, rank = int(raw_world), int(raw_rank)
+    except ValueError:
+        raise ValueError(f"WORLD_SIZE={raw_world!r} and RANK={raw_rank!r} must be integers; unset them "
+                         "to run in one process") from None
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} must be in [0, WORLD_SIZE={world}); unset WORLD_SIZE and RANK to run "
+                         "in one process")
+    return world, rank
 
 
 def launched_world_size() -> int:
@@ -110,17 +126,9 @@ def launched_world_size() -> int:
         ValueError: if ``WORLD_SIZE``/``RANK`` are not integers, ``RANK`` is outside the world, or
             ``WORLD_SIZE > 1`` without torchrun; the message says which variables to unset.
     """
-    raw = os.environ.get("WORLD_SIZE", "").strip()
-    if raw in ("", "1"):
+    if os.environ.get("WORLD_SIZE", "").strip() in ("", "1"):
         return 1
-    try:
-        world, rank = int(raw), int(os.environ.get("RANK", "0"))
-    except ValueError:
-        raise ValueError(f"WORLD_SIZE={raw!r} and RANK={os.environ.get('RANK')!r} must be integers; unset "
-                         "them to run in one process") from None
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"WORLD_SIZE={world}, RANK={rank}: RANK must be in [0, WORLD_SIZE); unset both "
-                         "to run in one process")
+    world, rank = _world_and_rank()
     if "TORCHELASTIC_RUN_ID" not in os.environ:
         raise ValueError(
             f"WORLD_SIZE={world} (RANK={rank}) is set in the environment, but this process was not started "
