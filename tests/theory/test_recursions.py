@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 
+from sam_tutorial.sgn.monte_carlo import sample_batches
 from sam_tutorial.theory import recursions
 from sam_tutorial.theory.problems import make_quadratic_problem
 
@@ -76,6 +77,11 @@ def test_expected_update_equals_enumeration_over_ordered_batches(variant: str) -
         P, X, variant, rho=0.3, b=4, m=m, max_batches=4, generator=torch.Generator().manual_seed(0)
     )
     assert mc.shape == (3,) and torch.isfinite(mc).all()
+    # the Monte Carlo case is the mean of the hand-written direction over the batches it draws (batches of
+    # the perturbation's size, by sample_batches from the generator); n-sam's expectation stays exact
+    draws = sample_batches(6, m or 4, 4, replacement=False, generator=torch.Generator().manual_seed(0))
+    by_hand = torch.stack([_by_hand(variant, X, s.tolist(), 0.3, m) for s in draws]).mean(0)
+    torch.testing.assert_close(mc, got if variant == "n-sam" else by_hand, rtol=1e-12, atol=1e-15)
 
 
 def test_parse_variant_and_sizes() -> None:
