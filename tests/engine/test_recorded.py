@@ -19,6 +19,7 @@ from sam_tutorial.engine.recorded import (
     records_from_results,
     write_recorded,
 )
+from sam_tutorial.engine.runs import versions
 
 EXP, MODE = "table1-resnet18-cifar10", "paper"
 
@@ -58,6 +59,7 @@ def test_a_matching_file_is_loaded_with_its_provenance(tmp_path: Path) -> None:
     data = _write(tmp_path / f"{EXP}-{MODE}.json", _records())
     assert set(data["provenance"]) >= {"command", "commit", "package", "device", "date", "wall_seconds"}
     assert data["provenance"]["package"]["torch"]
+    assert data["provenance"]["package"] == versions()  # the same versions a cached result records
     loaded = load_recorded(tmp_path)
     assert not loaded.ignored and len(loaded.loaded) == 1
     found = loaded.get(EXP, MODE)
