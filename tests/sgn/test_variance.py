@@ -14,6 +14,7 @@ from sam_tutorial.curvature import hessian
 from sam_tutorial.sgn import batches as batch_law
 from sam_tutorial.sgn import fisher, per_sample, variance
 from sam_tutorial.sgn.fast_norms import ModuleReusedError, per_sample_sq_norms, supports_fast_norms
+from sam_tutorial.sgn.monte_carlo import sample_batches
 
 CE = nn.CrossEntropyLoss(reduction="none")
 
@@ -204,6 +205,11 @@ def test_batch_moments_monte_carlo_matches_enumeration() -> None:
     exact = batch_law.batch_grad_moments(GRADS, 3)
     mc = batch_law.batch_grad_moments(GRADS, 3, max_batches=5, generator=torch.Generator().manual_seed(0))
     assert not mc.exact and mc.sq_norm.shape == ()
+    # the Monte Carlo moments are those of the batches drawn by sample_batches from the same generator
+    draws = sample_batches(6, 3, 5, replacement=False, generator=torch.Generator().manual_seed(0))
+    g_batches = GRADS[draws].mean(1)
+    assert float(mc.sq_norm) == pytest.approx(float(g_batches.square().sum(1).mean()), rel=1e-12)
+    assert float(mc.norm) == pytest.approx(float(g_batches.norm(dim=1).mean()), rel=1e-12)
     big = batch_law.batch_grad_moments(
         GRADS, 3, replacement=True, max_batches=20, generator=torch.Generator().manual_seed(0)
     )
