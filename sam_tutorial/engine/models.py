@@ -267,8 +267,7 @@ class WideResNet(nn.Module):
         _check_norm(norm)
         if (depth - 4) % 6 or depth < 10:
             raise ValueError(f"depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
-        if widen_factor < 1:
-            raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
+        check_int("widen_factor", widen_factor)
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.stem = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
