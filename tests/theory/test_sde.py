@@ -123,6 +123,10 @@ def test_regularisers_match_closed_forms_on_quadratics() -> None:
     # batched x
     xs = torch.stack([x, 2 * x])
     assert sde.implicit_regularizer(p, xs, "usam", rho=rho, b=2).shape == (2,)
+    torch.testing.assert_close(  # row by row, the unbatched values
+        sde.implicit_regularizer(p, xs, "usam", rho=rho, b=2),
+        torch.stack([sde.implicit_regularizer(p, z, "usam", rho=rho, b=2) for z in xs]), rtol=1e-12, atol=0
+    )
 
 
 def test_usam_drift_matches_its_closed_form_on_quadratics() -> None:
