@@ -50,6 +50,7 @@ from torch.func import grad, jacrev, jvp, vmap
 
 from sam_tutorial.config import check_int, check_nonneg
 from sam_tutorial.sgn.batches import batch_distribution
+from sam_tutorial.sgn.curvature_noise import half_grad_trace_V
 from sam_tutorial.sgn.variance import sgn_trace
 
 __all__ = [
@@ -208,10 +209,6 @@ def expected_fixed_weights_update(losses: ProblemFn, x: Tensor, *, rho: float, p
     return vmap(lambda dw, dp: rw_direction(losses, x, dw, dp, rho=rho, normalize=normalize))(w, p).mean(0)
 
 
-def _trace_V(losses: ProblemFn) -> Callable[[Tensor], Tensor]:
-    return lambda y: sgn_trace(jacrev(losses)(y))
-
-
 def fixed_weights_drift(losses: ProblemFn, x: Tensor, *, rho: float, perturb: Tensor,
                         descent: Tensor) -> tuple[Tensor, float]:
     r"""The closed form :math:`\nabla f+\rho[\nabla^2f\,\nabla f+c\,\tfrac12\nabla\operatorname{tr}V]` of the
@@ -220,7 +217,7 @@ def fixed_weights_drift(losses: ProblemFn, x: Tensor, *, rho: float, perturb: Te
     g = grad(f)(x)
     hg = jvp(grad(f), (x,), (g,))[1]
     c = float((perturb * descent).sum())
-    return g + rho * (hg + 0.5 * c * grad(_trace_V(losses))(x)), c
+    return g + rho * (hg + c * half_grad_trace_V(losses, x)), c
 
 
 class NoisyValley:
@@ -261,7 +258,7 @@ class NoisyValley:
 
     def trace_V(self, x: Tensor) -> Tensor:
         """:math:`\\operatorname{tr}V(x)` from the per-sample gradients."""
-        return _trace_V(self)(x)
+        return sgn_trace(jacrev(self)(x))
 
     def trace_V_closed_form(self, u: float) -> float:
         """:math:`e^{2au}(\\sigma^2+\\frac{a^2}4\\operatorname{Var}\\|c_i\\|^2)` on the valley."""
