@@ -110,10 +110,7 @@ def _seeds(args: argparse.Namespace) -> list[int] | None:
 def _out(args: argparse.Namespace) -> str | None:
     from sam_tutorial.engine.runs import runs_root
 
-    if args.out is not None and not args.out.strip():
-        raise ValueError("--out '' names no folder (it would write into the current folder); give a folder, "
-                         "or leave --out out for $SAM_TUTORIAL_RUNS or ./runs")
-    runs_root(args.out)  # refuses a file
+    runs_root(args.out, name="--out")  # refuses an empty path or a file
     return args.out
 
 

@@ -174,8 +174,10 @@ class Experiment:
         return specs
 
 
-def runs_root(out: str | os.PathLike[str] | None = None) -> Path:
+def runs_root(out: str | os.PathLike[str] | None = None, *, name: str = "out") -> Path:
     """The output folder: ``out``, else ``$SAM_TUTORIAL_RUNS``, else ``runs`` in the working directory.
+
+    ``name`` is what messages call ``out`` (the command line passes ``"--out"``).
 
     Raises:
         ValueError: for an empty ``out`` (it would mean the working directory itself) or one that is an
@@ -183,7 +185,8 @@ def runs_root(out: str | os.PathLike[str] | None = None) -> Path:
     """
     if out is not None:
         if not isinstance(out, str | os.PathLike) or not str(os.fspath(out)).strip():
-            raise ValueError(f"out must be a folder path (default: ${RUNS_ENV} or ./runs), got {out!r}")
+            raise ValueError(f"{name} {out!r} names no folder (an empty one would write into the current "
+                             f"folder); {name} must be a folder path (default: ${RUNS_ENV} or ./runs)")
         root = Path(out).expanduser()
     else:
         env = os.environ.get(RUNS_ENV, "").strip()
