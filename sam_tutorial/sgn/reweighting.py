@@ -201,8 +201,7 @@ def probe_scores(
     """
     if method not in SCORES:
         raise ValueError(f"method must be one of {', '.join(SCORES)}; got {method!r}")
-    if not (math.isfinite(radius) and radius > 0):
-        raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
+    check_nonneg("radius", radius, positive=True)
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     if method == "norm":
         if supports_fast_norms(model):
