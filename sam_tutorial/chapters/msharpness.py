@@ -9,7 +9,6 @@ per m, Kendall's tau), a recorded result checked against the catalogue, and the 
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,7 +21,6 @@ __all__ = [
     "find_result",
     "halving_time",
     "kendall_tau",
-    "load_recorded",
     "mean_std",
     "summarise",
 ]
@@ -135,26 +133,3 @@ def find_result(name: str) -> Path:
             return root / "results" / name
     raise FileNotFoundError(f"results/{name} not found (looked in the working directory, its parent and "
                             "the package's repository)")
-
-
-def load_recorded(path: str | Path, expected_hashes: Mapping[tuple[str, int], str]) -> dict[str, Any]:
-    """A recorded result (``results/*.json``), checked against the catalogue.
-
-    Args:
-        path: the JSON file, with ``provenance`` and ``records`` (each with ``label``, ``seed`` and
-            ``config_hash``).
-        expected_hashes: ``{(label, seed): hash}`` of the catalogue experiment it claims to be.
-
-    Raises:
-        ValueError: if a record's hash differs from the catalogue's (the configuration changed since
-            the result was recorded) or a record is not in the catalogue.
-    """
-    data = json.loads(Path(path).read_text())
-    for rec in data["records"]:
-        key = (rec["label"], int(rec["seed"]))
-        if key not in expected_hashes:
-            raise ValueError(f"{path}: run {key} is not in the catalogue experiment")
-        if expected_hashes[key] != rec["config_hash"]:
-            raise ValueError(f"{path}: run {key} was recorded for another configuration "
-                             f"({rec['config_hash']} != {expected_hashes[key]}); re-record it")
-    return data

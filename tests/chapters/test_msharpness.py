@@ -11,12 +11,13 @@ import pytest
 
 from sam_tutorial.chapters.msharpness import (
     best_per_m,
+    find_result,
     halving_time,
     kendall_tau,
-    load_recorded,
     mean_std,
     summarise,
 )
+from sam_tutorial.engine.recorded import load_recorded
 
 
 def test_kendall_tau_known_values():
@@ -48,12 +49,18 @@ def test_halving_time():
     assert math.isinf(halving_time([0, 1], [1.0, 0.9]))
 
 
-def test_load_recorded_checks_hashes(tmp_path):
-    path = tmp_path / "r.json"
-    record = {"label": "sgd", "seed": 0, "config_hash": "abc"}
-    path.write_text(json.dumps({"provenance": {}, "records": [record]}))
-    assert load_recorded(path, {("sgd", 0): "abc"})["records"][0]["label"] == "sgd"
-    with pytest.raises(ValueError, match="another configuration"):
-        load_recorded(path, {("sgd", 0): "xyz"})
-    with pytest.raises(ValueError, match="not in the catalogue"):
-        load_recorded(path, {("sam", 0): "abc"})
+def test_the_recorded_sweep_is_checked_against_the_catalogue(tmp_path):
+    """Chapter 4 loads results/m-sharpness-cnn.json through engine.recorded: a matching file loads, a
+    changed configuration hash or a run the catalogue lacks is ignored with the reason."""
+    data = json.loads(find_result("m-sharpness-cnn.json").read_text())
+    assert load_recorded(find_result("m-sharpness-cnn.json")).loaded[0].data["records"] == data["records"]
+    stale = json.loads(json.dumps(data))
+    stale["records"][0]["config_hash"] = "xyz"
+    (tmp_path / "stale.json").write_text(json.dumps(stale))
+    unknown = json.loads(json.dumps(data))
+    unknown["records"][0]["label"] = "adam"
+    (tmp_path / "unknown.json").write_text(json.dumps(unknown))
+    found = load_recorded(tmp_path)
+    reasons = dict((path.name, why) for path, why in found.ignored)
+    assert found.loaded == [] and "recorded for configuration 'xyz'" in reasons["stale.json"]
+    assert "adam" in reasons["unknown.json"]
