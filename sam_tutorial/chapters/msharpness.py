@@ -12,13 +12,11 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 __all__ = [
     "AF_FIG1",
     "best_per_m",
-    "find_result",
     "halving_time",
     "kendall_tau",
     "mean_std",
@@ -121,15 +119,3 @@ def halving_time(times: Sequence[float], values: Sequence[float]) -> float:
     return math.inf
 
 
-def find_result(name: str) -> Path:
-    """``results/<name>`` of the working directory, of its parent (a notebook runs in ``book/``) or of
-    the repository the package was installed from.
-
-    Raises:
-        FileNotFoundError: if none has it.
-    """
-    for root in (Path.cwd(), Path.cwd().parent, Path(__file__).resolve().parents[2]):
-        if (root / "results" / name).exists():
-            return root / "results" / name
-    raise FileNotFoundError(f"results/{name} not found (looked in the working directory, its parent and "
-                            "the package's repository)")

@@ -33,7 +33,6 @@ __all__ = [
     "load_timings",
     "paper_experiments",
     "paper_tables",
-    "results_folder",
     "table_cost",
 ]
 
@@ -202,21 +201,6 @@ def bench_epoch_seconds(
     """Seconds per epoch from a benchmark file (``results/bench-*.json``: step times at its batch size),
     times ``scale`` (e.g. the ratio of another model's FLOPs per image to the benchmarked model's)."""
     return float(bench["times"][optimizer]) * (images // int(bench["batch"])) * scale
-
-
-def results_folder() -> Path:
-    """``results/`` of the working directory, of its parent (a notebook runs in ``book/``) or of the
-    repository the package was installed from.
-
-    Raises:
-        FileNotFoundError: if none has one.
-    """
-    for root in (Path.cwd(), Path.cwd().parent, Path(__file__).resolve().parents[2]):
-        if (root / "results").is_dir():
-            return root / "results"
-    raise FileNotFoundError(
-        "no results/ folder in the working directory, its parent or the package's repository"
-    )
 
 
 def table_cost(

@@ -41,6 +41,8 @@ from torch import Tensor, nn
 from sam_tutorial.curvature.hutchinson import hessian_trace
 from sam_tutorial.engine.data import load_dataset
 from sam_tutorial.engine.models import build_model
+from sam_tutorial.engine.recorded import find_result
+from sam_tutorial.engine.storage import read_json
 from sam_tutorial.optim import MSAM, RWSAM, SAM
 from sam_tutorial.sgn.reweighting import gibbs_weights, probe_scores, rademacher_probe
 from sam_tutorial.sgn.variance import trace_V
@@ -195,14 +197,13 @@ def load_study(path: str | Path | None = None) -> dict[str, Any]:
     """The recorded study (default: ``results/ch5-rwsam-study.json`` of the working directory, of its
     parent (a notebook runs in ``book/``) or of the repository the package was installed from)."""
     if path is None:
-        for root in (Path.cwd(), Path.cwd().parent, Path(__file__).resolve().parents[2]):
-            if (root / "results" / "ch5-rwsam-study.json").exists():
-                path = root / "results" / "ch5-rwsam-study.json"
-                break
-        else:
-            raise FileNotFoundError("results/ch5-rwsam-study.json not found; run python -m "
-                                    "sam_tutorial.chapters.rwsam_study --out results/ch5-rwsam-study.json")
-    return json.loads(Path(path).read_text())
+        try:
+            path = find_result("ch5-rwsam-study.json")
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}; run python -m sam_tutorial.chapters.rwsam_study --out "
+                                    "results/ch5-rwsam-study.json") from err
+    study: dict[str, Any] = read_json(path)
+    return study
 
 
 def _mean_std(values: Iterable[float]) -> tuple[float, float]:

@@ -273,23 +273,18 @@ GOALS: dict[str, float] = {
 def find_results(folder: str | None = None) -> list[dict[str, Any]]:
     """Recorded benchmark results ``bench-*.json``, sorted by file name.
 
-    Looks in ``folder`` if given, else in ``results/`` of the working directory, of its parent (a
-    notebook runs in ``book/``) and of the repository the package was installed from.
+    Looks in ``folder`` if given, else in :func:`sam_tutorial.engine.recorded.results_folder`.
     """
     from pathlib import Path
 
+    from sam_tutorial.engine.recorded import results_folder
     from sam_tutorial.engine.storage import read_json
 
-    if folder is not None:
-        candidates = [Path(folder)]
-    else:
-        here = Path(__file__).resolve().parents[1]
-        candidates = [Path.cwd() / "results", Path.cwd().parent / "results", here / "results"]
-    for path in candidates:
-        files = sorted(path.glob("bench-*.json")) if path.is_dir() else []
-        if files:
-            return [read_json(f) for f in files]
-    return []
+    try:
+        path = Path(folder) if folder is not None else results_folder()
+    except FileNotFoundError:
+        return []
+    return [read_json(f) for f in sorted(path.glob("bench-*.json"))]
 
 
 def best_msam(result: dict[str, Any], m: int = 16) -> tuple[str, float] | None:

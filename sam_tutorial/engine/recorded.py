@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "find_result",
+    "results_folder",
     "RECORDED_FORMAT",
     "LoadedResults",
     "RecordedFile",
@@ -214,6 +216,39 @@ def load_recorded(
         elif data.get("format") == RECORDED_FORMAT or include_other_formats:
             out.ignored.append((path, reason))
     return out
+
+
+def _roots() -> tuple[Path, ...]:
+    # the working directory, its parent (a notebook runs in book/), the repository the package came from
+    return (Path.cwd(), Path.cwd().parent, Path(__file__).resolve().parents[2])
+
+
+def results_folder() -> Path:
+    """``results/`` of the working directory, of its parent (a notebook runs in ``book/``) or of the
+    repository the package was installed from.
+
+    Raises:
+        FileNotFoundError: if none has one.
+    """
+    for root in _roots():
+        if (root / "results").is_dir():
+            return root / "results"
+    raise FileNotFoundError(
+        "no results/ folder in the working directory, its parent or the package's repository"
+    )
+
+
+def find_result(name: str) -> Path:
+    """``results/<name>`` from the first of the places :func:`results_folder` searches that has it.
+
+    Raises:
+        FileNotFoundError: if none has it.
+    """
+    for root in _roots():
+        if (root / "results" / name).exists():
+            return root / "results" / name
+    raise FileNotFoundError(f"results/{name} not found (looked in the working directory, its parent and "
+                            "the package's repository)")
 
 
 def git_commit(folder: str | os.PathLike[str] | None = None) -> str:

@@ -11,13 +11,12 @@ import pytest
 
 from sam_tutorial.chapters.msharpness import (
     best_per_m,
-    find_result,
     halving_time,
     kendall_tau,
     mean_std,
     summarise,
 )
-from sam_tutorial.engine.recorded import load_recorded
+from sam_tutorial.engine.recorded import find_result, load_recorded
 
 
 def test_kendall_tau_known_values():
