@@ -235,7 +235,8 @@ def test_wrong_call_forms_are_named() -> None:
         (lambda: opt.step({"x": x}, CE), "CrossEntropyLoss takes \\(outputs, targets\\)"),
         (lambda: opt.step([[1.0, 2.0]], y, CE), "inputs must be a tensor, or a tuple/list/dict"),
         (lambda: opt.step(text, lambda m, b: CE(m(b["mask"]), y)), "batch\\['mask'\\] has 5 samples"),
-        (lambda: opt.step(x, y, CE, closure=lambda: CE(model(x), y).mean()), "either a closure or the batch"),
+        (lambda: opt.step(x, y, CE, closure=lambda: CE(model(x), y).mean().backward()),
+         "either a closure .* or the batch"),
     ]:
         _refused(model, opt, call, ValueError, message)
 
