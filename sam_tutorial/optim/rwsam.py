@@ -297,9 +297,9 @@ class RWSAM(PerturbedOptimizer):
         drawing the same dropout masks as pass 1 and leaving weights and buffers as they were."""
         assert self._rng_at_start is not None
         if self.score == "norm":
-            norms = self._norm_scores(batch, n)
+            norms = self._norm_scores(batch, batch_size)
             self._rng_at_start.restore()  # pass 1 draws the dropout masks it would draw without the score
-            return self._losses(batch, n), norms if self.transform == "abs" else norms.square()
+            return self._losses(batch, batch_size), norms if self.transform == "abs" else norms.square()
         device_type = batch_device(batch).type
         autocast = torch.is_autocast_enabled(device_type)
         rows: list[Tensor] = []
@@ -332,7 +332,7 @@ class RWSAM(PerturbedOptimizer):
         scores = torch.stack([r.abs() if self.transform == "abs" else r.square() for r in rows]).mean(0)
         return losses, scores
 
-    def _norm_scores(self, batch: Any, n: int) -> Tensor:
+    def _norm_scores(self, batch: Any, batch_size: int) -> Tensor:
         """√(2/π)‖∇f_i(w)‖ (divided by √d with ``normalize_probe``) for every sample, from exact
         per-sample gradients in float32; weights, buffers and ``.grad`` are left as they are."""
         assert self._per_sample is not None
@@ -345,7 +345,7 @@ class RWSAM(PerturbedOptimizer):
         train = {k: p.detach() for k, p in named.items() if id(p) in trainable}
         frozen = {k: p.detach() for k, p in named.items() if id(p) not in trainable}
         buffers = {k: b.detach().clone() for k, b in module.named_buffers()}
-        xs, in_dims = fold(batch, n)
+        xs, in_dims = fold(batch, batch_size)
 
         def loss(tp: dict[str, Tensor], x: Any) -> Tensor:
             return functional_call(module, ({**tp, **frozen}, buffers), (x,)).sum()
