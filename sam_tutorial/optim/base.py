@@ -97,6 +97,10 @@ class StepStats(NamedTuple):
         grad_norm: ||g|| of the gradient that built the perturbation (m-SAM: mean over micro-batches).
         perturbation_norm: ||e|| (m-SAM: mean over micro-batches); 0 when rho = 0.
         skipped: True if the step was skipped because a loss or gradient was non-finite.
+        weights: the weights ``[B]`` (on the simplex) with which the batch's samples built the
+            perturbation, where a variant weights them unevenly (RW-SAM's Gibbs weights p, paper §5.2;
+            the effective batch is ``1 / weights.square().sum()``); ``None`` for the variants that
+            weight every sample alike (SGD, SAM, n-SAM, m-SAM).
     """
 
     loss: Tensor
@@ -104,6 +108,7 @@ class StepStats(NamedTuple):
     grad_norm: Tensor
     perturbation_norm: Tensor
     skipped: Tensor
+    weights: Tensor | None = None
 
 
 class PerturbedOptimizer(Engine, torch.optim.Optimizer):
