@@ -216,6 +216,7 @@ class TrainConfig:
                 raise ValueError(f"options {unknown} are not keyword arguments that optimizer={kind!r} "
                                  f"({variant.cls.__name__}) takes from options; accepted: "
                                  f"{', '.join(accepted)}")
+        variant.cls.check_options(self.options)  # each value has its argument's type: "False" is not False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (tuples become lists); :meth:`from_dict` inverts it.
