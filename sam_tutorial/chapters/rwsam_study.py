@@ -82,7 +82,7 @@ class ScoredRWSAM(RWSAM):
                 self._exact = probe_scores(self.model, loss_fn, inputs, targets, method="norm").detach()
             else:
                 z = rademacher_probe(self.model, self._probe_gen)
-                exact = probe_scores(self.model, loss_fn, inputs, targets, method="jvp", probe=z)
+                exact = probe_scores(self.model, loss_fn, inputs, targets, method="exact", probe=z)
                 self._exact = exact.detach()
         return super().step(inputs, targets, loss_fn, **kwargs)
 
