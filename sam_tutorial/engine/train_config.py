@@ -203,6 +203,7 @@ class TrainConfig:
             if unknown:
                 raise ValueError(f"options {unknown} are not keyword arguments that optimizer={kind!r} "
                                  f"({cls.__name__}) takes from options; accepted: {', '.join(accepted)}")
+        cls.check_options(self.options)  # each value has its argument's type: "False" is not False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (tuples become lists); :meth:`from_dict` inverts it.
