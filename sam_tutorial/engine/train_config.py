@@ -114,6 +114,10 @@ class TrainConfig:
             all-reduced gradient, i.e. SAM on the global batch of ``batch_size``. Ignored in a single
             process; ``m-sam`` and ``m-usam`` accept ``"local"`` only. Left out of :meth:`to_dict` when
             ``"local"``, so the cache keys of existing runs do not change.
+        val_fraction: the fraction of the training set (its last samples, with the labels they carry)
+            held out as a validation split: not trained on, evaluated after every epoch (``val_loss``,
+            ``val_acc``; ``val_acc_clean`` with label noise), so hyper-parameters can be chosen without
+            the test set. 0 (the default) holds out nothing and is left out of :meth:`to_dict`.
     """
 
     optimizer: str = "sgd"
@@ -139,6 +143,7 @@ class TrainConfig:
     sharpness_rho: float = 0.05
     nsam_samples: int | None = None
     scope: str = "local"
+    val_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.options, Mapping):
@@ -163,6 +168,7 @@ class TrainConfig:
         for name in ("rho", "lr", "weight_decay", "sharpness_rho"):
             check_nonneg(name, getattr(self, name))
         check_nonneg("momentum", self.momentum, below=1)
+        check_nonneg("val_fraction", self.val_fraction, below=1)
         for name in ("nesterov", "augment", "eval_train"):
             check_bool(name, getattr(self, name))
         self._check_variant()
@@ -221,12 +227,14 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (tuples become lists); :meth:`from_dict` inverts it.
 
-        ``scope`` appears only when it is not the default ``"local"`` (it was added later; leaving it
-        out keeps the hashes, and so the cached results, of earlier configurations valid).
+        ``scope`` and ``val_fraction`` appear only when they are not their defaults (they were added
+        later; leaving them out keeps the hashes, and so the cached results, of earlier configurations valid).
         """
         out = asdict(self) | {"options": dict(self.options)}
         if out["scope"] == "local":
             del out["scope"]
+        if out["val_fraction"] == 0:
+            del out["val_fraction"]
         return out
 
     @classmethod
