@@ -7,6 +7,7 @@
     python -m sam_tutorial run table1-resnet18-cifar10 --mode paper --seed 0 --device cuda --out runs
     python -m sam_tutorial show m-sweep --mode standard  # the cached results as a table
     python -m sam_tutorial bench --device cpu --json bench.json   # step-time ratios of the SAM family
+    python -m sam_tutorial data cifar10                  # fetch, verify and unpack CIFAR-10 for paper mode
 
 Installed, the same command is ``sam-tutorial`` (a console script).
 
@@ -202,12 +203,41 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", choices=("cifar10", "cifar100"), help="the data set to fetch")
+    parser.add_argument("--data-root", default=None,
+                        help="data folder (default: $SAM_TUTORIAL_DATA or ~/.cache/sam_tutorial)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _data(args: argparse.Namespace) -> int:
+    from sam_tutorial.engine.cifar import cifar_present, download_cifar
+    from sam_tutorial.engine.data import data_root
+    from sam_tutorial.engine.download import DownloadError
+
+    folder = data_root(args.data_root)
+    if folder.exists() and not folder.is_dir():
+        print(f"error: --data-root {folder} is a file; give a folder", file=sys.stderr)
+        return 2
+    present = cifar_present(args.name, folder)
+    try:
+        where = download_cifar(args.name, folder, progress=not args.no_progress)
+    except DownloadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    done = "already in" if present else "downloaded, checksum verified, unpacked into"
+    print(f"{args.name}: {done} {where}")
+    return 0
+
+
 SUBCOMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler], ...] = (
     ("list", "list the experiments (name, then description)", lambda p: None, _list),
     ("run", "run an experiment (cached results are reused, interrupted runs resume)", _configure_run, _run),
     ("show", "print the cached results of an experiment as a table", _experiment_name, _show),
     ("bench", "time one step of every optimizer of the family; print ratios (sam/sgd, ...)",
      _configure_bench, _bench),
+    ("data", "fetch a data set of the paper mode (CIFAR-10/100): verified, resumable, unpacked safely",
+     _configure_data, _data),
 )
 """(name, help, add its arguments, handler) of each subcommand, in the order ``--help`` lists them."""
 
