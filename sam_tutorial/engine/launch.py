@@ -47,11 +47,8 @@ LAUNCHERS: dict[str, str] = {"submitit-slurm": "slurm", "submitit-local": "local
 
 
 def _submitit() -> Any:
-    try:
-        import submitit
-    except ImportError as err:  # pragma: no cover - the extra is installed in tests
-        raise ImportError("the launchers need submitit: pip install 'sam_tutorial[cluster]'") from err
-    return submitit
+    """submitit, or a :class:`~sam_tutorial.config.MissingExtra` naming the ``cluster`` extra."""
+    return cfg.require("submitit", "cluster")
 
 
 class RunJob:

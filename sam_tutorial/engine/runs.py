@@ -50,6 +50,7 @@ from sam_tutorial.engine.storage import (
 )
 from sam_tutorial.engine.train import fit
 from sam_tutorial.engine.train_config import TrainConfig
+from sam_tutorial.stats import sample_std
 
 __all__ = [
     "DataSpec",
@@ -395,7 +396,8 @@ class ExperimentResult:
         return out
 
     def summary(self, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        """One row per run: tags, number of seeds, and mean/std over seeds of final metrics.
+        """One row per run: tags, number of seeds, and mean/sample std over seeds of final metrics
+        (:func:`sam_tutorial.stats.sample_std`, the book's one convention).
 
         Args:
             keys: final metrics to summarise (default: every metric the records have).
@@ -409,7 +411,7 @@ class ExperimentResult:
             for k in names:
                 vals = [float(r["metrics"][k]) for r in recs if r["metrics"].get(k) is not None]
                 row[k] = statistics.fmean(vals) if vals else None
-                row[f"{k}_std"] = statistics.pstdev(vals) if len(vals) > 1 else 0.0 if vals else None
+                row[f"{k}_std"] = sample_std(vals) if vals else None  # ddof = 1; nan for one seed
             times = [r["timing"]["seconds_per_epoch"] for r in recs if r["timing"]["seconds_per_epoch"]]
             row["s/epoch"] = statistics.fmean(times) if times else None
             rows.append(row)

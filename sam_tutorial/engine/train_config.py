@@ -99,6 +99,10 @@ class TrainConfig:
             all-reduced gradient, i.e. SAM on the global batch of ``batch_size``. Ignored in a single
             process; ``m-sam`` accepts ``"local"`` only. Left out of :meth:`to_dict` when ``"local"``,
             so the cache keys of existing runs do not change.
+        val_fraction: the fraction of the training set (its last samples, with the labels they carry)
+            held out as a validation split: not trained on, evaluated after every epoch (``val_loss``,
+            ``val_acc``; ``val_acc_clean`` with label noise), so hyper-parameters can be chosen without
+            the test set. 0 (the default) holds out nothing and is left out of :meth:`to_dict`.
     """
 
     optimizer: str = "sgd"
@@ -124,6 +128,7 @@ class TrainConfig:
     sharpness_rho: float = 0.05
     nsam_samples: int | None = None
     scope: str = "local"
+    val_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.options, Mapping):
@@ -148,6 +153,7 @@ class TrainConfig:
         for name in ("rho", "lr", "weight_decay", "sharpness_rho"):
             check_nonneg(name, getattr(self, name))
         check_nonneg("momentum", self.momentum, below=1)
+        check_nonneg("val_fraction", self.val_fraction, below=1)
         for name in ("nesterov", "augment", "eval_train"):
             check_bool(name, getattr(self, name))
         self._check_variant()
@@ -197,16 +203,19 @@ class TrainConfig:
             if unknown:
                 raise ValueError(f"options {unknown} are not keyword arguments that optimizer={kind!r} "
                                  f"({cls.__name__}) takes from options; accepted: {', '.join(accepted)}")
+        cls.check_options(self.options)  # each value has its argument's type: "False" is not False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (tuples become lists); :meth:`from_dict` inverts it.
 
-        ``scope`` appears only when it is not the default ``"local"`` (it was added later; leaving it
-        out keeps the hashes, and so the cached results, of earlier configurations valid).
+        ``scope`` and ``val_fraction`` appear only when they are not their defaults (they were added
+        later; leaving them out keeps the hashes, and so the cached results, of earlier configurations valid).
         """
         out = asdict(self) | {"options": dict(self.options)}
         if out["scope"] == "local":
             del out["scope"]
+        if out["val_fraction"] == 0:
+            del out["val_fraction"]
         return out
 
     @classmethod
