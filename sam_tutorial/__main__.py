@@ -132,7 +132,7 @@ def _configure_plan(parser: argparse.ArgumentParser) -> None:
     _experiment_name(parser)
     parser.add_argument("--results", default=None,
                         help="folder of recorded results and step-time files (default: results/ of the "
-                             "working directory or of the package's repository)")
+                             "working directory, else the package's; step times also from the package's)")
     parser.add_argument("--timing", default=None,
                         help="a step-time file to estimate with (tools/paper_smoke.py, "
                              "tools/time_paper_models.py or bench JSON; default: the best CUDA times in "
@@ -147,7 +147,7 @@ def _plan(args: argparse.Namespace) -> int:
 
     from sam_tutorial.engine import estimate
     from sam_tutorial.engine.plan import plan_experiment
-    from sam_tutorial.engine.recorded import results_folder
+    from sam_tutorial.engine.recorded import packaged_results, results_folder
 
     _check_name(args.name)
     seeds, out = _seeds(args), _out(args)
@@ -169,7 +169,7 @@ def _plan(args: argparse.Namespace) -> int:
                             "(tools/paper_smoke.py writes one)")
         times = estimate.read_step_times(args.timing)
     else:
-        times = estimate.device_step_times(results) if results is not None else None
+        times = estimate.device_step_times([f for f in (results, packaged_results()) if f is not None])
     plan = plan_experiment(args.name, mode=mode, seeds=seeds, out=out, results=results, times=times,
                            world_size=args.gpus_per_run)
     print(plan.table())

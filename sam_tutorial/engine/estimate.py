@@ -254,16 +254,19 @@ def _at_batch(per_batch: Mapping[str, Mapping[str, float]], key: str) -> float:
     return intercept + slope * BATCH
 
 
-def device_step_times(folder: str | os.PathLike[str], device_type: str = "cuda") -> StepTimes | None:
-    """The best step times for ``device_type`` in ``folder``: the paper smoke's (``paper-smoke-*.json``)
-    first, then the paper-model timings (``paper-timing-*.json``) and benchmarks (``bench-*.json``) of
-    that device; FLOPs per image from any of them. ``None`` if none was measured on that device."""
+def device_step_times(
+    folders: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], device_type: str = "cuda"
+) -> StepTimes | None:
+    """The best step times for ``device_type`` in ``folders`` (the first folder first): the paper smoke's
+    (``paper-smoke-*.json``) first, then the paper-model timings (``paper-timing-*.json``) and benchmarks
+    (``bench-*.json``) of that device; FLOPs per image from any of them. ``None`` if none was measured
+    on that device."""
     found: list[StepTimes] = []
     flops: dict[str, float] = {}
     flop_sources: list[str] = []
-    root = Path(folder)
+    roots = [Path(folders)] if isinstance(folders, str | os.PathLike) else [Path(f) for f in folders]
     for pattern in ("paper-smoke-*.json", "paper-timing-*.json", "bench-*.json"):
-        for path in sorted(root.glob(pattern)):
+        for path in [p for root in dict.fromkeys(roots) for p in sorted(root.glob(pattern))]:
             try:
                 times = read_step_times(path)
             except (ValueError, KeyError, TypeError, OSError):

@@ -10,10 +10,11 @@ import pytest
 
 from sam_tutorial.engine import estimate
 from sam_tutorial.engine.estimate import StepTimes, run_seconds, step_seconds, timing_key
+from sam_tutorial.engine.recorded import packaged_results
 from sam_tutorial.engine.runs import DataSpec
 from sam_tutorial.engine.train_config import TrainConfig
 
-REPO = Path(__file__).resolve().parents[2]
+RESULTS = packaged_results()
 
 
 def test_timing_keys_name_the_cost_not_the_reading() -> None:
@@ -60,17 +61,17 @@ def test_run_seconds_is_epochs_of_steps_plus_evaluation_and_metrics() -> None:
     assert found is not None and found[0] == pytest.approx(expected)
 
 
-def test_reads_the_repository_timing_files() -> None:
-    cpu = estimate.read_step_times(REPO / "results" / "paper-timing-cpu.json")
-    raw = json.loads((REPO / "results" / "paper-timing-cpu.json").read_text())["models"]["resnet18"]
+def test_reads_the_packaged_timing_files() -> None:
+    cpu = estimate.read_step_times(RESULTS / "paper-timing-cpu.json")
+    raw = json.loads((RESULTS / "paper-timing-cpu.json").read_text())["models"]["resnet18"]
     steps = raw["seconds_per_step"]
     # the line through the two measured batches, read at 128
     slope = (steps["8"]["sam"] - steps["4"]["sam"]) / 4
     assert cpu.seconds["resnet18"]["sam"] == pytest.approx(steps["4"]["sam"] + slope * (128 - 4))
     assert "m-sam-m64-loop" in cpu.seconds["resnet18"]  # m-SAM with two micro-batches, as m = 64 of 128
-    gpu = estimate.device_step_times(REPO / "results", "cuda")
+    gpu = estimate.device_step_times(RESULTS, "cuda")
     assert gpu is not None and gpu.device_type == "cuda" and "wrn28-10" in gpu.flops
-    bench = json.loads((REPO / "results" / "bench-cuda.json").read_text())
+    bench = json.loads((RESULTS / "bench-cuda.json").read_text())
     assert gpu.seconds["resnet18"]["sam"] == bench["times"]["sam"]
 
 
