@@ -65,8 +65,9 @@ def base_environment(folder: Path, torch_pin: str, python: str) -> Path:
         _run([*pip, "wheel", "--quiet", "--wheel-dir", str(wheels), *WHEELHOUSE_PACKAGES, "--no-deps"])
         stamp.touch()
     py = venv / "bin" / "python"
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # and run outside the checkout:
     found = subprocess.run([str(py), "-c", "import importlib.util as u; print(u.find_spec('sam_tutorial'))"],
-                           capture_output=True, text=True, check=True).stdout.strip()
+                           capture_output=True, text=True, check=True, cwd=folder, env=clean).stdout.strip()
     if found != "None":
         raise SystemExit(f"colab-check: the base environment {venv} has sam_tutorial ({found}); "
                          f"delete {folder} and run again")
