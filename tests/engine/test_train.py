@@ -310,7 +310,7 @@ def test_fit_on_cuda_from_cpu_data(tmp_path: Path, kind: dict) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(optimizer="adam"), "optimizer must be one of sgd, sam, usam, n-sam, m-sam, rw-sam"),
+        (dict(optimizer="adam"), "optimizer must be one of sgd, sam, usam, asam, n-sam"),
         (dict(optimizer="sgd", rho=0.1), "rho must be 0 for optimizer='sgd'"),
         (dict(optimizer="sam", rho=-1.0), "rho must be a finite number >= 0"),
         (dict(optimizer="m-sam", rho=0.1), "needs m"),

@@ -129,7 +129,8 @@ BAD_BATCHES = {
 }
 
 
-@pytest.mark.parametrize("name", ["sam", "nsam", "msam-loop", "msam-vmap", "rwsam", "rwsam-exact", "sgd"])
+@pytest.mark.parametrize("name", ["sam", "n-sam", "m-sam-m4-loop", "m-sam-m4-vmap", "rw-sam", "rw-sam-exact",
+                                  "sgd"])
 @pytest.mark.parametrize("bad", list(BAD_BATCHES))
 def test_exceptions_inside_the_model_or_the_loss_change_nothing(name: str, bad: str) -> None:
     model, opt = _setup(name)
@@ -152,7 +153,7 @@ def test_nsam_data_with_a_bad_label_changes_nothing() -> None:
 
 
 def test_a_rejected_rwsam_step_does_not_advance_its_generator() -> None:
-    model, opt = _setup("rwsam")
+    model, opt = _setup("rw-sam")
     twin = copy.deepcopy((model, opt))
     x, y = batch()
     _refused(model, opt, lambda: opt.step(x, y, lambda out, t: CE(out, t)[:-1]), ValueError, "one loss per")
@@ -217,7 +218,7 @@ def test_checkpoint_of_another_architecture_is_refused() -> None:
 
 
 def test_malformed_checkpoints_are_refused_by_name() -> None:
-    model, opt = _setup("rwsam")
+    model, opt = _setup("rw-sam")
     sd = opt.state_dict()
     with pytest.raises(ValueError, match="state_dict must be a dict, got list"):
         opt.load_state_dict([1, 2])  # type: ignore[arg-type]
@@ -272,7 +273,7 @@ def test_nonfinite_inputs_skip_and_change_nothing() -> None:
 def test_a_pickled_optimizer_keeps_working() -> None:
     import pickle
 
-    model, opt = _setup("rwsam")
+    model, opt = _setup("rw-sam")
     twin_model, twin = pickle.loads(pickle.dumps((model, opt)))
     x, y = batch()
     opt.step(x, y, CE)
