@@ -51,6 +51,13 @@ layout and the direction of imports are in `ARCHITECTURE.md` at the root of the 
 .. automodule:: sam_tutorial.config
    :members:
 ```
+
+## `sam_tutorial.stats`: the book's statistics and its one decision rule
+
+```{eval-rst}
+.. automodule:: sam_tutorial.stats
+   :members:
+```
 """
 
 
