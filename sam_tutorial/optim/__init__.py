@@ -12,7 +12,7 @@ in ``step(inputs, targets, loss_fn)``, where ``loss_fn`` returns one loss per sa
 >>> stats = opt.step(torch.randn(8, 4), torch.randint(0, 3, (8,)),
 ...                  torch.nn.CrossEntropyLoss(reduction="none"))
 >>> sorted(stats._fields)
-['grad_norm', 'loss', 'loss_perturbed', 'perturbation_norm', 'skipped']
+['grad_norm', 'loss', 'loss_perturbed', 'perturbation_norm', 'skipped', 'weights']
 
 This package imports nothing outside itself and torch.
 """

@@ -51,6 +51,7 @@ DistributedDataParallel (pass the DDP-wrapped model): ``scope`` says where the p
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, NamedTuple
@@ -59,16 +60,23 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sam_tutorial.optim._checks import check_base_state, check_grad_mode, check_model_and_base, task
+from sam_tutorial.optim._checks import (
+    check_arguments,
+    check_base_state,
+    check_grad_mode,
+    check_model_and_base,
+    task,
+    typed_init,
+)
 from sam_tutorial.optim._engine import Engine
 from sam_tutorial.optim._util import (
     Group,
     PerSampleLoss,
     RNGState,
     batch_device,
-    batch_size,
     check_real,
     check_rho,
+    count_samples,
 )
 
 __all__ = ["EXTRA_KEY", "SCOPES", "PerturbedOptimizer", "StepStats"]
@@ -89,6 +97,10 @@ class StepStats(NamedTuple):
         grad_norm: ||g|| of the gradient that built the perturbation (m-SAM: mean over micro-batches).
         perturbation_norm: ||e|| (m-SAM: mean over micro-batches); 0 when rho = 0.
         skipped: True if the step was skipped because a loss or gradient was non-finite.
+        weights: the weights ``[B]`` (on the simplex) with which the batch's samples built the
+            perturbation, where a variant weights them unevenly (RW-SAM's Gibbs weights p, paper §5.2;
+            the effective batch is ``1 / weights.square().sum()``); ``None`` for the variants that
+            weight every sample alike (SGD, SAM, n-SAM, m-SAM).
     """
 
     loss: Tensor
@@ -96,6 +108,7 @@ class StepStats(NamedTuple):
     grad_norm: Tensor
     perturbation_norm: Tensor
     skipped: Tensor
+    weights: Tensor | None = None
 
 
 class PerturbedOptimizer(Engine, torch.optim.Optimizer):
@@ -118,14 +131,15 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
 
     Subclass protocol (the only methods a variant writes; everything else is the engine's):
 
-    * ``_perturbed_step(batch, n) -> StepStats``: one step with ``rho > 0``. When it is called, the
-      weights are backed up (``_restore_weights`` puts w back), the buffers as they were before the
-      step are saved, gradients are as the user left them, and any exception raised puts everything
-      back. Use ``_losses(batch, n)`` for per-sample losses, ``_backward``, ``_save_buffers`` (after pass 1),
-      ``_ascend`` (or ``_grad_norm``, ``_perturbation_scale``, ``_perturb``) and finish with
-      ``_restore_and_step(finite)``, which returns ``skipped``. Under DDP wrap pass 1 in
-      ``_ascent_context()`` and the descent loss in ``_nan_unless(loss, finite)``.
-    * ``_check_batch(n)``: reject a batch size the variant cannot use (before anything changes).
+    * ``_perturbed_step(batch, batch_size) -> StepStats``: one step with ``rho > 0`` on a batch of
+      ``batch_size`` samples. When it is called, the weights are backed up (``_restore_weights`` puts w
+      back), the buffers as they were before the step are saved, gradients are as the user left them,
+      and any exception raised puts everything back. Use ``_losses(batch, batch_size)`` for per-sample
+      losses, ``_backward``, ``_save_buffers`` (after pass 1), ``_ascend`` (or ``_grad_norm``,
+      ``_perturbation_scale``, ``_perturb``) and finish with ``_restore_and_step(finite)``, which returns
+      ``skipped``. Under DDP wrap pass 1 in ``_ascent_context()`` and the descent loss in
+      ``_nan_unless(loss, finite)``.
+    * ``_check_batch(batch_size)``: reject a batch size the variant cannot use (before anything changes).
     * ``_closure_step(closure)``: the torch closure contract (only SAM implements it).
     * ``_extra_state()`` / ``_check_extra_state(state)`` / ``_load_extra_state(state)``: the variant's
       own state (saved under ``state_dict()["sam"]``, and restored after an exception in ``step``).
@@ -143,8 +157,24 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
             ``"local"`` (default) or ``"global"`` (see the module docstring). Ignored otherwise.
         max_grad_norm: clip the descent gradient to this global norm (after unscaling) before the
             base step; ``None`` (default): no clipping.
+
+    Every constructor of the family (and of a subclass) checks the type of each keyword argument
+    against its annotation before anything else (``normalize="False"`` is refused, not read as true);
+    :meth:`check_options` runs the same check on a dict of options without building anything.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = typed_init(cls.__dict__["__init__"])  # type: ignore[method-assign]
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Refuse an option that is not a keyword argument of this class or whose value has another
+        type than its annotation (e.g. ``{"normalize": "False"}``), naming it; builds nothing."""
+        check_arguments(cls.__name__, inspect.unwrap(cls.__init__), options)
+
+    @typed_init
     def __init__(
         self,
         model: nn.Module,
@@ -241,14 +271,14 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
             type(self).__name__, type(self)._closure_step is not PerturbedOptimizer._closure_step,
             inputs, targets, loss_fn,
         )
-        n = batch_size(batch)
+        batch_size = count_samples(batch)
         self._check_not_pending()
-        self._check_batch(n)
+        self._check_batch(batch_size)
         check_grad_mode()
         with torch.enable_grad(), self._transaction(batch_device(batch)):
             if self.rho == 0.0:
-                return self._plain_step(batch, n)
-            return self._perturbed_step(batch, n)
+                return self._plain_step(batch, batch_size)
+            return self._perturbed_step(batch, batch_size)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)
@@ -317,10 +347,10 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
         return f"{type(self).__name__}(rho={self.rho}, normalize={self.normalize}, base={self.base!r})"
 
     # ------------------------------------------------------ for subclasses to override
-    def _check_batch(self, n: int) -> None:
+    def _check_batch(self, batch_size: int) -> None:
         """Reject a batch size the variant cannot use."""
 
-    def _perturbed_step(self, batch: Any, n: int) -> StepStats:
+    def _perturbed_step(self, batch: Any, batch_size: int) -> StepStats:
         raise NotImplementedError
 
     def _closure_step(self, closure: Callable[[], Tensor]) -> Tensor:
@@ -379,8 +409,8 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
             return None
         return self.scaler.scale(torch.ones((), device=device))  # public API; a device tensor
 
-    def _plain_step(self, batch: Any, n: int) -> StepStats:
-        loss = self._losses(batch, n).mean()
+    def _plain_step(self, batch: Any, batch_size: int) -> StepStats:
+        loss = self._losses(batch, batch_size).mean()
         self.zero_grad()  # only once the call is known to be valid: a rejected call changes nothing
         self._backward(loss)
         gnorm = self._unscaled(self._grad_norm())
@@ -389,14 +419,15 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
         return StepStats(loss.detach(), loss.detach(), gnorm, zero, skipped)
 
     # ----------------------------------------------------------------- passes
-    def _losses(self, batch: Any, n: int) -> Tensor:
-        """Per-sample losses of the model on ``batch``, checked to have shape ``[n]``."""
+    def _losses(self, batch: Any, batch_size: int) -> Tensor:
+        """Per-sample losses of the model on ``batch``, checked to have shape ``[batch_size]``."""
         assert self._per_sample is not None
         losses = self._per_sample(self.model, batch)
-        if not isinstance(losses, Tensor) or losses.shape != (n,):
+        if not isinstance(losses, Tensor) or losses.shape != (batch_size,):
             shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
             raise ValueError(
-                f"loss_fn must return one loss per sample, shape ({n},), got {shape}; use reduction='none'"
+                f"loss_fn must return one loss per sample, shape ({batch_size},), got {shape}; use "
+                "reduction='none'"
             )
         if torch.is_grad_enabled() and not losses.requires_grad:
             raise ValueError(

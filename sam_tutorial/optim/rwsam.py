@@ -34,6 +34,12 @@ bfloat16 loss cannot resolve a difference of order δ‖∇f_i‖/√d.
 forward-mode AD, in pass 1 itself (one dual forward replaces the probe forward): no δ, no cancellation,
 no precision loss (under autocast it is one float32 dual forward without a graph, beside pass 1).
 
+``score="norm"`` (a diagnostic beyond the paper): the exact per-sample gradient norms, scaled like the
+probe's scores, √(2/π)‖∇f_i(w)‖ (the large-d mean of ``|zᵀ∇f_i|``; divided by √d with
+``normalize_probe``): RW-SAM without the noise of one projection, at the price of per-sample gradients
+(``torch.func.vmap`` over the samples, each a batch of one, in float32 before pass 1; no probe is drawn).
+A sample's gradient is taken alone, so a model with BatchNorm in training mode is refused.
+
 Under DistributedDataParallel, ``scope="local"`` (default) computes the weights over each rank's
 own batch; ``scope="global"`` over the global batch (the scores are all-gathered: B floats per rank);
 give every rank the same ``seed`` so that all ranks use the same probe. The probe is drawn before
@@ -72,7 +78,7 @@ from typing import Any
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, grad, vmap
 
 from sam_tutorial.optim._util import (
     PerSampleModule,
@@ -80,15 +86,18 @@ from sam_tutorial.optim._util import (
     check_choice,
     check_int,
     check_real,
+    fold,
     weights_changed,
 )
 from sam_tutorial.optim.base import PerturbedOptimizer, StepStats
 
-__all__ = ["PROBES", "RWSAM", "SCORES", "TRANSFORMS", "gibbs_weights"]
+__all__ = ["PROBES", "RWSAM", "SCORES", "SQRT_2_OVER_PI", "TRANSFORMS", "gibbs_weights"]
 
 PROBES = ("rademacher", "gaussian")
-SCORES = ("finite-difference", "exact")
+SCORES = ("finite-difference", "exact", "norm")
 TRANSFORMS = ("abs", "square")
+SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+"""E|zᵀg| / ‖g‖ for a Rademacher or Gaussian probe z in high dimension: the scale of ``score="norm"``."""
 
 
 def gibbs_weights(scores: Tensor, lam: float) -> Tensor:
@@ -119,9 +128,10 @@ class RWSAM(PerturbedOptimizer):
         lam: inverse temperature λ >= 0 of the Gibbs weights (``0``: SAM).
         delta: the probe radius ‖w⁺ − w‖ of the finite difference, a finite number > 0. It is a
             radius, not a per-coordinate step, so the default 0.01 is valid for any model size (the
-            paper's δ·√d with δ = 0.01/√d). Unused with ``score="exact"``.
-        score: ``"finite-difference"`` (default, the paper's: one extra forward at w + δu) or
-            ``"exact"`` (zᵀ∇f_i by forward-mode AD inside pass 1; no δ, immune to low precision).
+            paper's δ·√d with δ = 0.01/√d). Unused with ``score="exact"`` or ``"norm"``.
+        score: one of :data:`SCORES`: ``"finite-difference"`` (default, the paper's: one extra forward
+            at w + δu), ``"exact"`` (zᵀ∇f_i by forward-mode AD inside pass 1; no δ, immune to low
+            precision) or ``"norm"`` (√(2/π)‖∇f_i‖ from exact per-sample gradients; no probe).
         transform: ``"abs"`` for ``|zᵀ∇f_i|`` (default) or ``"square"`` for its square.
         normalize: RW-SAM (``True``) or its unnormalised form (``False``).
         weighted_descent: use the weights p in pass 2 too (default: uniform; UNCONFIRMED).
@@ -137,7 +147,8 @@ class RWSAM(PerturbedOptimizer):
             ``sam_tutorial.optim.base`` (ignored for a model that is not DDP-wrapped).
         max_grad_norm: clip the descent gradient to this norm before the base step (``None``: no).
 
-    After each step, ``last_weights`` holds p and ``last_scores`` the scores (device tensors).
+    After each step, ``last_weights`` holds p and ``last_scores`` the scores (device tensors); the
+    step's :class:`~sam_tutorial.optim.base.StepStats` carries p as ``weights``.
     ``state_dict`` includes the probe generator's state, so a resumed run draws the same probes as an
     uninterrupted one; a step that raises does not advance it.
     """
@@ -185,9 +196,9 @@ class RWSAM(PerturbedOptimizer):
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         self.seed = check_int("seed", seed, low=0)
-        if self.ddp and self.score == "exact":
+        if self.ddp and self.score != "finite-difference":
             raise ValueError(
-                "score='exact' does not run under DistributedDataParallel; use 'finite-difference'"
+                f"score={self.score!r} does not run under DistributedDataParallel; use 'finite-difference'"
             )
         self.weighted_descent = bool(weighted_descent)
         self.normalize_probe = bool(normalize_probe)
@@ -239,7 +250,7 @@ class RWSAM(PerturbedOptimizer):
             flat.div_(norm.to(flat.device))
         return 1.0, 1.0 if self.normalize_probe else norm
 
-    def _probe_losses(self, batch: Any, n: int, step: float) -> Tensor:
+    def _probe_losses(self, batch: Any, batch_size: int, step: float) -> Tensor:
         """Per-sample losses at w + step·v (no grad), with the step's dropout masks; weights and
         buffers are exactly as before when this returns."""
         with torch.no_grad():
@@ -247,21 +258,21 @@ class RWSAM(PerturbedOptimizer):
                 torch._foreach_add_(g.params, views, alpha=step)
             weights_changed()
             try:
-                return self._fp32_losses(batch, n)
+                return self._fp32_losses(batch, batch_size)
             finally:
                 self._restore_weights()
                 self._restore_buffers(before_step=True)
 
-    def _fp32_losses(self, batch: Any, n: int) -> Tensor:
+    def _fp32_losses(self, batch: Any, batch_size: int) -> Tensor:
         """Losses without grad from the step's starting random state; float32 under autocast."""
         assert self._rng_at_start is not None
         self._rng_at_start.restore()
         device_type = batch_device(batch).type
         # inference mode: about 10 % cheaper than no_grad on the CPU (no version counters, no views kept)
         with torch.inference_mode(), torch.autocast(device_type, enabled=False):
-            return _at_least_fp32(self._losses(batch, n))
+            return _at_least_fp32(self._losses(batch, batch_size))
 
-    def _dual_losses(self, batch: Any, n: int) -> tuple[Tensor, Tensor]:
+    def _dual_losses(self, batch: Any, batch_size: int) -> tuple[Tensor, Tensor]:
         """Per-sample losses at w and their directional derivatives vᵀ∇f_i, in one dual forward."""
         assert self._per_sample is not None
         module = PerSampleModule(self.model, self._per_sample)
@@ -272,19 +283,23 @@ class RWSAM(PerturbedOptimizer):
             duals = {name: fwAD.make_dual(p, tangent[id(p)]) for name, p in module.named_parameters()
                      if id(p) in tangent}
             out = functional_call(module, duals, (batch,), strict=False)
-            if not isinstance(out, Tensor) or out.shape != (n,):
+            if not isinstance(out, Tensor) or out.shape != (batch_size,):
                 raise ValueError(
-                    f"loss_fn must return one loss per sample, shape ({n},); use reduction='none'"
+                    f"loss_fn must return one loss per sample, shape ({batch_size},); use reduction='none'"
                 )
             losses, derivative = fwAD.unpack_dual(out)
         if derivative is None:
             raise ValueError("score='exact': the losses do not depend on the trainable parameters")
         return losses, _at_least_fp32(derivative.detach())
 
-    def _pass1_and_scores(self, batch: Any, n: int) -> tuple[Tensor, Tensor]:
-        """Pass 1's per-sample losses (with a graph) and the scores [n], every probe forward drawing the
-        same dropout masks as pass 1 and leaving weights and buffers as they were."""
+    def _pass1_and_scores(self, batch: Any, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Pass 1's per-sample losses (with a graph) and the scores [batch_size], every probe forward
+        drawing the same dropout masks as pass 1 and leaving weights and buffers as they were."""
         assert self._rng_at_start is not None
+        if self.score == "norm":
+            norms = self._norm_scores(batch, batch_size)
+            self._rng_at_start.restore()  # pass 1 draws the dropout masks it would draw without the score
+            return self._losses(batch, batch_size), norms if self.transform == "abs" else norms.square()
         device_type = batch_device(batch).type
         autocast = torch.is_autocast_enabled(device_type)
         rows: list[Tensor] = []
@@ -293,29 +308,53 @@ class RWSAM(PerturbedOptimizer):
         for j in range(self.n_probes):
             root, factor = self._draw_probe()
             if self.score == "finite-difference":
-                plus.append((self._probe_losses(batch, n, self.delta / root), root, factor))
+                plus.append((self._probe_losses(batch, batch_size, self.delta / root), root, factor))
             elif j == 0 and not autocast:  # the dual forward is pass 1
                 self._rng_at_start.restore()
-                losses, d = self._dual_losses(batch, n)
+                losses, d = self._dual_losses(batch, batch_size)
                 rows.append(d * factor)
             else:  # one float32 dual forward without a graph
                 self._rng_at_start.restore()
                 with torch.no_grad(), torch.autocast(device_type, enabled=False):
-                    rows.append(self._dual_losses(batch, n)[1] * factor)
+                    rows.append(self._dual_losses(batch, batch_size)[1] * factor)
                 self._restore_buffers(before_step=True)
         reference = None
         if plus and autocast:  # a bfloat16 loss cannot resolve the difference: both ends in float32
-            reference = self._fp32_losses(batch, n)
+            reference = self._fp32_losses(batch, batch_size)
             self._restore_buffers(before_step=True)
         if losses is None:
             self._rng_at_start.restore()  # pass 1 draws the probe's dropout masks
-            losses = self._losses(batch, n)
+            losses = self._losses(batch, batch_size)
         if plus:
             ref = reference if reference is not None else _at_least_fp32(losses.detach())
             self._check_resolution(plus[0][0], ref)
             rows = [(up - ref) * (root / self.delta) * factor for up, root, factor in plus]
         scores = torch.stack([r.abs() if self.transform == "abs" else r.square() for r in rows]).mean(0)
         return losses, scores
+
+    def _norm_scores(self, batch: Any, batch_size: int) -> Tensor:
+        """√(2/π)‖∇f_i(w)‖ (divided by √d with ``normalize_probe``) for every sample, from exact
+        per-sample gradients in float32; weights, buffers and ``.grad`` are left as they are."""
+        assert self._per_sample is not None
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.model.modules()):
+            raise ValueError("score='norm' takes each sample's gradient alone, which BatchNorm in training "
+                             "mode cannot normalise; use score='exact' or 'finite-difference'")
+        module = PerSampleModule(self.model, self._per_sample)
+        trainable = {id(p) for p in self._flat_params()}
+        named = dict(module.named_parameters())
+        train = {k: p.detach() for k, p in named.items() if id(p) in trainable}
+        frozen = {k: p.detach() for k, p in named.items() if id(p) not in trainable}
+        buffers = {k: b.detach().clone() for k, b in module.named_buffers()}
+        xs, in_dims = fold(batch, batch_size)
+
+        def loss(tp: dict[str, Tensor], x: Any) -> Tensor:
+            return functional_call(module, ({**tp, **frozen}, buffers), (x,)).sum()
+
+        with torch.autocast(batch_device(batch).type, enabled=False):
+            grads = vmap(grad(loss), in_dims=(None, in_dims), randomness="different")(train, xs)
+        sq = torch.stack([_at_least_fp32(g).flatten(1).square().sum(1) for g in grads.values()]).sum(0)
+        d = sum(p.numel() for p in train.values())
+        return sq.sqrt() * (SQRT_2_OVER_PI / (math.sqrt(d) if self.normalize_probe else 1.0))
 
     def _check_resolution(self, plus: Tensor, reference: Tensor) -> None:
         """Once: warn if the probe moved no loss at all (delta below the losses' resolution)."""
@@ -340,9 +379,9 @@ class RWSAM(PerturbedOptimizer):
         return p
 
     # ------------------------------------------------------------------ step
-    def _perturbed_step(self, batch: Any, n: int) -> StepStats:
+    def _perturbed_step(self, batch: Any, batch_size: int) -> StepStats:
         with self._ascent_context():
-            losses, scores = self._pass1_and_scores(batch, n)
+            losses, scores = self._pass1_and_scores(batch, batch_size)
             self.last_scores = scores
             self.zero_grad()
             if self.scope == "global":
@@ -354,14 +393,14 @@ class RWSAM(PerturbedOptimizer):
         self._save_buffers()
         gnorm, enorm = self._ascend()
         self.zero_grad()
-        losses2 = self._losses(batch, n)
+        losses2 = self._losses(batch, batch_size)
         loss2 = losses2.mean()
         loss = losses.detach().mean()
         finite = torch.isfinite(loss) & torch.isfinite(gnorm) & torch.isfinite(scores).all()
         descent = (p.to(losses2.dtype) * losses2).sum() * factor if self.weighted_descent else loss2
         self._backward(self._nan_unless(descent, finite))
         skipped = self._restore_and_step(finite & torch.isfinite(loss2))
-        return StepStats(loss, loss2.detach(), self._unscaled(gnorm), enorm, skipped)
+        return StepStats(loss, loss2.detach(), self._unscaled(gnorm), enorm, skipped, p)
 
     def _global_weights(self, scores: Tensor) -> tuple[Tensor, float]:
         """Gibbs weights over the global batch (DDP, ``scope="global"``): this rank's slice, and the
