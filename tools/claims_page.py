@@ -21,11 +21,12 @@ def page() -> str:
     """The page's text, computed now."""
     import torch
 
+    from sam_tutorial.engine.recorded import packaged_results
     from sam_tutorial.reproduction.claims import claims_page
     from sam_tutorial.reproduction.scoreboard import scoreboard
 
     torch.set_num_threads(1)  # the toy checks are tiny: threads only add synchronisation
-    return claims_page(scoreboard(ROOT / "results"))
+    return claims_page(scoreboard(packaged_results()))
 
 
 def main(argv: list[str]) -> int:

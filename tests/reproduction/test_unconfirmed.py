@@ -6,8 +6,8 @@ import inspect
 import json
 from pathlib import Path
 
-from sam_tutorial.reproduction import unconfirmed
 from sam_tutorial.optim import RWSAM
+from sam_tutorial.reproduction import unconfirmed
 from sam_tutorial.theory import sde
 
 
