@@ -406,7 +406,9 @@ def c9_abs_probe(n_probes: int = 400, radius: float = 1e-2) -> Check:
     net, x, y = _toy_net()
     exact = rw.probe_scores(net, _ce, x, y, method="norm")  # sqrt(2/pi) ||grad f_i||
     torch.manual_seed(0)
-    fd = torch.stack([rw.probe_scores(net, _ce, x, y, method="finite-difference", delta=radius) for _ in range(n_probes)])
+    fd = torch.stack(
+        [rw.probe_scores(net, _ce, x, y, method="finite-difference", delta=radius) for _ in range(n_probes)]
+    )
     ratio = fd.mean(0) / exact
     se = fd.std(0) / math.sqrt(n_probes) / exact
     z = (ratio - 1) / se
