@@ -109,7 +109,8 @@ def flops_per_image(model: torch.nn.Module, device: torch.device) -> float:
     """FLOPs of one forward and backward pass of one image (torch's flop counter, train mode)."""
     x = torch.randn(2, 3, 32, 32, device=device)
     with FlopCounterMode(display=False) as counter:
-        torch.nn.functional.cross_entropy(model(x), torch.zeros(2, dtype=torch.long, device=device)).backward()
+        y = torch.zeros(2, dtype=torch.long, device=device)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
     return counter.get_total_flops() / 2
 
 
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.keys is not None:
             configs = {k: v for k, v in configs.items() if k in args.keys.split(",")}
         built, options = (PAPER_MODELS[name][1] if args.quick_models else (name, {}))
-        need = max([args.batch * (args.steps + args.warmup)] + [c.nsam_samples or 0 for c in configs.values()])
+        need = max([args.batch * (args.steps + args.warmup)]
+                   + [c.nsam_samples or 0 for c in configs.values()])
         data, source = cifar_or_random(need, args.data_root)
         t0 = time.perf_counter()
         seconds = {key: time_steps(built, dict(options), at_batch(c, args.batch), data, device, args.warmup,
