@@ -342,8 +342,10 @@ def _series(records: Sequence[Mapping[str, Any]], rec: Mapping[str, Any], key: s
 
 def diverged(records: Sequence[Mapping[str, Any]], arm: str) -> list[int]:
     """The seeds whose escape run of ``arm`` left the finite numbers (a non-finite tr V or accuracy)."""
-    return sorted(int(r["seed"]) for r in _escape_runs(records, arm)
-                  if not all(math.isfinite(v) for k in ("trace_V", "test_acc") for v in _series(records, r, k)))
+    def finite(rec: Mapping[str, Any]) -> bool:
+        return all(math.isfinite(v) for k in ("trace_V", "test_acc") for v in _series(records, rec, k))
+
+    return sorted(int(r["seed"]) for r in _escape_runs(records, arm) if not finite(r))
 
 
 def escape_band(records: Sequence[Mapping[str, Any]], arm: str,
