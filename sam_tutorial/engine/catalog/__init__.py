@@ -5,6 +5,6 @@ Importing this package registers each experiment in :data:`sam_tutorial.engine.e
 experiments go in a new module here, imported below.
 """
 
-from sam_tutorial.engine.catalog import chapters, controls, m_sharpness, paper, reweighted
+from sam_tutorial.engine.catalog import chapters, controls, deciding, m_sharpness, paper, reweighted
 
-__all__ = ["chapters", "controls", "m_sharpness", "paper", "reweighted"]
+__all__ = ["chapters", "controls", "deciding", "m_sharpness", "paper", "reweighted"]
