@@ -31,14 +31,14 @@ PY ?= $(BIN)/python
 BENCH_JSON ?= _build/bench/bench-cpu.json
 GPU_OUT ?= _build/gpu-check
 
-.PHONY: all setup book test lint typecheck unit notebooks colab-check book-check browser-check bench gpu-check gpu-book \
-  clean distclean help
+.PHONY: all setup book test lint imports typecheck unit notebooks colab-check book-check browser-check bench gpu-check \
+  gpu-book clean distclean help
 
 all: test
 
 help:
 	@echo "make book       build the HTML book in _build/html (executes chapters in standard mode, cached)"
-	@echo "make test       ruff, unit tests, notebooks in quick mode, and a -W -n check build of the book"
+	@echo "make test       ruff, import contracts, mypy, unit tests, notebooks in quick mode, a -W -n book build"
 	@echo "make browser-check  open every page of the built book in headless Chromium, offline; screenshots"
 	@echo "make bench      step-time ratios of the SAM family on this machine (JSON: BENCH_JSON=...)"
 	@echo "make gpu-check  gpu-marked tests + CUDA benchmark, <= 5 min (PY=python3 on a GPU machine)"
@@ -64,11 +64,15 @@ book: $(STAMP)
 	@$(STAGE) book "check the HTML exists" test -f "$(BOOK_OUT)/_build/html/index.html"
 	@echo "The book is in $(BOOK_OUT)/_build/html/index.html"
 
-test: lint typecheck unit notebooks colab-check book-check
+test: lint imports typecheck unit notebooks colab-check book-check
 	@echo "make test: all stages passed"
 
 lint: $(STAMP)
 	@$(STAGE) test "ruff" "$(BIN)/ruff" check sam_tutorial tests tools
+
+# The direction of imports of ARCHITECTURE.md (contracts in pyproject.toml, [tool.importlinter]).
+imports: $(STAMP)
+	@$(STAGE) test "import contracts (import-linter)" "$(BIN)/lint-imports" --no-cache
 
 typecheck: $(STAMP)
 	@$(STAGE) test "mypy" "$(BIN)/mypy"

@@ -30,6 +30,7 @@ import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any, Literal, get_args
 
@@ -61,6 +62,7 @@ __all__ = [
     "check_bool",
     "check_device",
     "check_float_dtype",
+    "check_folder",
     "check_int",
     "check_nonneg",
     "check_seed",
@@ -384,6 +386,32 @@ def check_tensor(name: str, value: object, *, floating: bool = False, finite: bo
     return value
 
 
+def check_folder(name: str, path: str | os.PathLike[str], *, writable: bool = False) -> Path:
+    """``path`` (``~`` expanded) if it is a folder or can be created as one (with ``writable``: by this
+    user), else ``UserError`` naming ``name``: an empty path (the working directory by accident), an
+    existing file, a file where a parent folder should be, a folder without write permission.
+    Nothing is created.
+
+    >>> check_folder("--out", "/tmp/some/new/folder").name
+    'folder'
+    """
+    if not str(os.fspath(path)).strip():
+        raise UserError(f"{name} {os.fspath(path)!r} names no folder (it would mean the working directory); "
+                        "give a folder path")
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{name} {folder} is a file; give a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{name} {folder} cannot be created: {existing} is a file, not a folder")
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
+        made = "is" if existing == folder else f"cannot be created: {existing} is"
+        raise UserError(f"{name} {folder} {made} not writable by this user; choose another folder")
+    return folder
+
+
 def check_float_dtype(name: str, dtype: object) -> torch.dtype:
     """``dtype`` if it is a real floating torch dtype, else ``UserError`` naming ``name``.
 
@@ -401,8 +429,8 @@ def as_tuple(inputs: Inputs) -> tuple[Tensor, ...]:
     return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
-def check_batch(inputs: tuple[Tensor, ...], targets: Tensor) -> int:
-    """The batch size of ``inputs`` and ``targets`` (dim 0).
+def check_batch(inputs: tuple[Tensor, ...], targets: Tensor | None = None) -> int:
+    """The batch size of ``inputs`` and ``targets`` (dim 0; ``targets=None`` for inputs alone).
 
     Raises:
         ValueError: if there are no inputs, no samples, or the inputs and targets disagree on it.
@@ -414,11 +442,12 @@ def check_batch(inputs: tuple[Tensor, ...], targets: Tensor) -> int:
         raise ValueError("inputs must be a tensor or a non-empty tuple of tensors")
     for i, t in enumerate(inputs):
         check_tensor("inputs" if len(inputs) == 1 else f"inputs[{i}]", t)
-    check_tensor("targets", targets)
+    if targets is not None:
+        check_tensor("targets", targets)
     size = inputs[0].shape[0] if inputs[0].dim() > 0 else 0
     if size == 0:
         raise ValueError("inputs must hold at least one sample (batch on dim 0)")
-    for t in (*inputs[1:], targets):
+    for t in (*inputs[1:], *([] if targets is None else [targets])):
         if t.dim() == 0 or t.shape[0] != size:
             raise ValueError(
                 f"inputs and targets must share the batch size on dim 0; got {size} and {tuple(t.shape)}"
