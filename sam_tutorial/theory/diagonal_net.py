@@ -1,7 +1,8 @@
 r"""The sparse-regression diagonal linear network of Andriushchenko & Flammarion (2022, §4), the
 setting in which they showed m-sharpness with a closed-form generalisation measure (claim C7).
 
-The model is :math:`\beta = u\odot u - v\odot v` (equivalently :math:`w_+^2 - w_-^2`) trained on
+The model is :math:`\beta = u\odot v` (equivalently :math:`w_+^2 - w_-^2` with
+:math:`w_\pm=(u\pm v)/2`) trained on
 :math:`\frac1{2n}\|X\beta - y\|^2`; a smaller initialisation scale, or an implicit bias towards it,
 gives a sparser :math:`\beta` and a smaller test loss :math:`\|\beta-\beta^*\|^2`.
 
