@@ -133,7 +133,7 @@ def op_counts(
         opt = _with_sgd_base(factory)(copy.deepcopy(model))
         for _ in range(warmup):
             opt.step(inputs, targets, CE)
-        out[name] = cost.count_ops(lambda: opt.step(inputs, targets, CE))._asdict()
+        out[name] = cost.count_ops(functools.partial(opt.step, inputs, targets, CE))._asdict()
     return out
 
 
