@@ -40,6 +40,7 @@ __all__ = [
     "CE",
     "GOALS",
     "PRESETS",
+    "ProbeForward",
     "best_msam",
     "default_model",
     "find_results",
@@ -86,6 +87,21 @@ def variants(
         for suffix, settings in v.examples.items():
             out[v.label(suffix)] = functools.partial(v.make, rho=0.05, **settings, **extra)
     return out
+
+
+class ProbeForward:
+    """One forward without gradient in train mode: what RW-SAM adds to SAM (its probe at w + δu).
+
+    Timed beside the variants, ``probe-forward/sam`` gives RW-SAM's floor: ``rw-sam/sam`` cannot be
+    below ``1 + probe-forward/sam`` (three forwards and two backwards against two and two).
+    """
+
+    def __init__(self, model: nn.Module, base: torch.optim.Optimizer) -> None:
+        self.model = model
+
+    def step(self, inputs: Tensor, targets: Tensor, loss_fn: Callable[..., Tensor]) -> Tensor:
+        with torch.inference_mode():
+            return loss_fn(self.model(inputs), targets)
 
 
 def _with_sgd_base(factory: Factory) -> Callable[[nn.Module], Any]:
@@ -216,7 +232,8 @@ def run(
     idx = torch.randint(0, batch, (4 * batch,), generator=g).to(inputs.device)
     nsam_data = (inputs[idx], targets[idx])  # n-SAM's data: 4 batches (its cost grows with |data|)
     factories = variants(batch, ms, backends, nsam_data)
-    times = time_steps(model, inputs, targets, factories, rounds=rounds, warmup=warmup)
+    timed: dict[str, Any] = {**factories, "probe-forward": ProbeForward}
+    times = time_steps(model, inputs, targets, timed, rounds=rounds, warmup=warmup)
     ops = op_counts(model, inputs, targets, factories, warmup=warmup)
     n = trace_samples or batch
     device = inputs.device
@@ -316,7 +333,7 @@ def main(
 GOALS: dict[str, float] = {
     "m-sam-m16-vmap/sam kernels": 2.0,
     "sam/sgd": 2.05,
-    "rw-sam/sam": 1.15,
+    "rw-sam/sam": 1.15,  # below its floor 1 + probe-forward/sam where a forward is > 0.15 of a SAM step
     "m-sam-m16-best/sam (cpu)": 1.3,
     "m-sam-m16-best/sam (cuda)": 1.5,
 }
