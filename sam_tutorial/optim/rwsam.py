@@ -72,7 +72,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -99,6 +100,11 @@ SCORES = ("finite-difference", "exact", "norm")
 TRANSFORMS = ("abs", "square")
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 """E|zᵀg| / ‖g‖ for a Rademacher or Gaussian probe z in high dimension: the scale of ``score="norm"``."""
+
+
+_FORWARD_AD_ERRORS = ("RuntimeError", "NotImplementedError", "CheckpointError")
+"""Exact error types torch raises when forward-mode AD cannot pass (subclasses such as out of memory,
+or the model's own errors, propagate unchanged)."""
 
 
 def gibbs_weights(scores: Tensor, lam: float) -> Tensor:
@@ -279,10 +285,17 @@ class RWSAM(PerturbedOptimizer):
     def _dual_losses(self, batch: Any, batch_size: int) -> tuple[Tensor, Tensor]:
         """Per-sample losses at w and their directional derivatives vᵀ∇f_i, in one dual forward (on the
         eager module behind a ``torch.compile``d one: compiled graphs carry no forward-mode AD)."""
-        try:
+        with self._forward_ad_errors():
             return self._dual_forward(batch, batch_size)
+
+    @contextmanager
+    def _forward_ad_errors(self) -> Iterator[None]:
+        """Turn torch's errors about forward-mode AD (raised in the dual forward or, with activation
+        checkpointing, when pass 1's backward recomputes it) into one that says what to use instead."""
+        try:
+            yield
         except (RuntimeError, NotImplementedError) as e:
-            if isinstance(e, torch.OutOfMemoryError):
+            if self.score != "exact" or type(e).__name__ not in _FORWARD_AD_ERRORS:
                 raise
             raise RuntimeError(
                 "RWSAM(score='exact') needs forward-mode AD through the model, which failed here "
@@ -408,7 +421,8 @@ class RWSAM(PerturbedOptimizer):
             else:
                 p, factor = self._weights_from_scores(scores).detach(), 1.0
             self.last_weights = p
-            pairs = self._ascent_grads((p.to(losses.dtype) * losses).sum() * factor)
+            with self._forward_ad_errors():  # checkpointing recomputes the dual forward here
+                pairs = self._ascent_grads((p.to(losses.dtype) * losses).sum() * factor)
         self._save_buffers()
         gnorm, enorm = self._ascend(pairs=pairs)
         self.zero_grad()
