@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
-from sam_tutorial.config import Inputs, as_tuple, check_int
+from sam_tutorial.config import Inputs, as_tuple, check_batch, check_int
 from sam_tutorial.sgn.functional import check_per_sample, flat_params, functional_outputs
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
 from sam_tutorial.sgn.per_sample import _chunk_size
@@ -61,7 +61,7 @@ def fisher_trace(
     if n_label_samples is not None:
         check_int("n_label_samples", n_label_samples)
     inputs = as_tuple(inputs)
-    batch = inputs[0].shape[0]
+    batch = check_batch(inputs)
     with _eval(model, eval_mode):
         check_per_sample(model, "fisher_trace")
         outputs = functional_outputs(model)
@@ -121,7 +121,7 @@ def sample_model_labels(
     tensor([1, 1, 1, 1])
     """
     inputs = as_tuple(inputs)
-    total = inputs[0].shape[0]
+    total = check_batch(inputs)
     batch_size = check_int("batch_size", batch_size)
     labels = []
     with _eval(model, True), torch.no_grad():
