@@ -320,16 +320,13 @@ def _data(args: argparse.Namespace) -> int:
     from sam_tutorial.engine.data import data_root
     from sam_tutorial.engine.download import DownloadError
 
-    folder = data_root(args.data_root)
-    if folder.exists() and not folder.is_dir():
-        print(f"error: --data-root {folder} is a file; give a folder", file=sys.stderr)
-        return 2
+    folder = config.check_folder("--data-root" if args.data_root is not None else f"${config.DATA_ENV}",
+                                 data_root(_data_root(args)), writable=True)
     present = cifar_present(args.name, folder)
     try:
         where = download_cifar(args.name, folder, progress=not args.no_progress)
-    except DownloadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except DownloadError as err:  # the network or the archive, not the command line: status 1
+        return _error(err, 1)
     done = "already in" if present else "downloaded, checksum verified, unpacked into"
     print(f"{args.name}: {done} {where}")
     return 0

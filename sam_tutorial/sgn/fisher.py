@@ -33,6 +33,8 @@ def fisher_trace(
     r"""The trace of the true Fisher of a softmax classifier,
     :math:`\operatorname{tr}F=\frac1n\sum_i\sum_c p_c(x_i)\,\|\nabla\log p_c(x_i)\|^2`.
 
+    Book: chapter 2, "Near a minimum"; paper: §3.5.
+
     The model must return logits ``[B, C]``. Labels are drawn from the model's own predictive
     distribution, not taken from the data (that is
     :func:`~sam_tutorial.sgn.variance.empirical_fisher_trace`). For a linear
@@ -99,6 +101,8 @@ def sample_model_labels(
 ) -> Tensor:
     r"""One label per sample drawn from the model's own predictive distribution
     :math:`y_i\sim\operatorname{softmax}(z(x_i))`.
+
+    Book: chapter 2, "Near a minimum"; paper: §3.5.
 
     Training a network of the same architecture on such labels makes a *well-specified* problem:
     at its population minimum the labels are distributed as the model predicts, the condition under
