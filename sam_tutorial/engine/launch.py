@@ -295,7 +295,7 @@ def _collect(jobs: Mapping[tuple[str, int], Any], done: Launch, report: Callable
     """Wait for every job of a wave; record outputs and one-line failures (with the job's log)."""
     for key, job in jobs.items():
         try:
-            output = job.result()
+            output = job.results()[0]  # rank 0's (every rank returns the same record)
         except Exception as err:  # submitit re-raises the job's exception with its traceback
             last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             done.failed[key] = f"{last} (log: {getattr(job.paths, 'stderr', '?')})"

@@ -193,3 +193,18 @@ def test_launcher_usage_errors_are_one_line(tmp_path: Path, registered: object, 
 def test_parse_options_types_values() -> None:
     assert launch.parse_options(["timeout_min=720", "slurm_partition=gpu", "mem_gb=7.5", "x=true"]) == {
         "timeout_min": 720, "slurm_partition": "gpu", "mem_gb": 7.5, "x": True}
+
+
+def test_one_run_on_two_processes_through_the_local_executor(tmp_path: Path, data_root: Path) -> None:
+    """gpus_per_run = 2: submitit starts two tasks, the job exports torchrun's variables and the run trains
+    under DDP (gloo on the CPU); its record says so, and it is gathered with its world size."""
+    out = tmp_path / "runs"
+    exp = Experiment("launch-ddp-test", "two-process run", lambda mode: _build(mode)[:1], {"quick": (0,)})
+    done = launch.launch(exp.name, launcher="submitit-local", mode="quick", out=out, device="cpu",
+                         data_root=data_root, experiment=exp, gpus_per_run=2, report=lambda line: None,
+                         options={"timeout_min": 10})
+    assert not done.failed, done.failed
+    assert done.result is not None
+    (record,) = done.result.records
+    assert record["config"]["distributed"]["world_size"] == 2
+    assert len(record["history"]["test_acc"]) == EPOCHS
