@@ -110,6 +110,8 @@ or the model's own errors, propagate unchanged)."""
 def gibbs_weights(scores: Tensor, lam: float) -> Tensor:
     """Gibbs weights p_i = exp(λ a_i) / Σ_j exp(λ a_j) over the last dimension.
 
+    Book: chapter 5, "From m-SAM's cost to reweighting"; paper: §5 (claim C8).
+
     They solve max_{p ∈ Δ} ⟨p, a⟩ + H(p)/λ (entropy-regularised maximum; paper §5.2). λ = 0 gives the
     uniform distribution, λ → ∞ all weight on the largest score. Computed in float32 (or float64).
 
@@ -127,6 +129,8 @@ def _at_least_fp32(t: Tensor) -> Tensor:
 
 class RWSAM(PerturbedOptimizer):
     """Reweighted SAM: SAM whose perturbation comes from a Gibbs-reweighted batch gradient.
+
+    Book: chapter 5, "From m-SAM's cost to reweighting"; paper: §5.
 
     Args:
         model: the module to train.
