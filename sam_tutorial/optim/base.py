@@ -94,6 +94,8 @@ EXTRA_KEY = "sam"
 class StepStats(NamedTuple):
     """What one step measured; every field is a tensor on the model's device (no host sync).
 
+    Book: chapter 1, "SGD, SAM and USAM from the same start".
+
     Attributes:
         loss: mean loss over the batch at w (n-SAM: over ``data``).
         loss_perturbed: mean loss at the perturbed point(s) w + e (equals ``loss`` when rho = 0).
@@ -163,6 +165,8 @@ def _check_group_rho(groups: list[dict[str, Any]]) -> None:
 
 class PerturbedOptimizer(Engine, torch.optim.Optimizer):
     """Base class of SAM, NSAM, MSAM and RWSAM: owns the passes, the buffers and the base step.
+
+    Book: chapter 1, "The sharpness-aware objective"; paper: Eq. (2).
 
     Public surface: ``step``, ``zero_grad``, ``state_dict``, ``load_state_dict``, ``add_param_group``,
     ``param_groups`` and ``state`` (the base optimizer's objects).

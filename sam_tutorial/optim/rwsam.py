@@ -99,7 +99,7 @@ PROBES = ("rademacher", "gaussian")
 SCORES = ("finite-difference", "exact", "norm")
 TRANSFORMS = ("abs", "square")
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
-"""E|zᵀg| / ‖g‖ for a Rademacher or Gaussian probe z in high dimension: the scale of ``score="norm"``."""
+"""The scale of ``score="norm"``, E|zᵀg| / ‖g‖ for a Rademacher or Gaussian probe z in high dimension."""
 
 
 _FORWARD_AD_ERRORS = ("RuntimeError", "NotImplementedError", "CheckpointError")
@@ -109,6 +109,8 @@ or the model's own errors, propagate unchanged)."""
 
 def gibbs_weights(scores: Tensor, lam: float) -> Tensor:
     """Gibbs weights p_i = exp(λ a_i) / Σ_j exp(λ a_j) over the last dimension.
+
+    Book: chapter 5, "From m-SAM's cost to reweighting"; paper: §5 (claim C8).
 
     They solve max_{p ∈ Δ} ⟨p, a⟩ + H(p)/λ (entropy-regularised maximum; paper §5.2). λ = 0 gives the
     uniform distribution, λ → ∞ all weight on the largest score. Computed in float32 (or float64).
@@ -128,6 +130,8 @@ def _at_least_fp32(t: Tensor) -> Tensor:
 class RWSAM(PerturbedOptimizer):
     """Reweighted SAM: SAM whose perturbation comes from a Gibbs-reweighted batch gradient.
 
+    Book: chapter 5, "From m-SAM's cost to reweighting"; paper: §5.
+
     Args:
         model: the module to train.
         base: any ``torch.optim.Optimizer`` instance over the model's parameters.
@@ -136,7 +140,7 @@ class RWSAM(PerturbedOptimizer):
         delta: the probe radius ‖w⁺ − w‖ of the finite difference, a finite number > 0. It is a
             radius, not a per-coordinate step, so the default 0.01 is valid for any model size (the
             paper's δ·√d with δ = 0.01/√d). Unused with ``score="exact"`` or ``"norm"``.
-        score: one of :data:`SCORES`: ``"finite-difference"`` (default, the paper's: one extra forward
+        score: one of ``SCORES``: ``"finite-difference"`` (default, the paper's: one extra forward
             at w + δu), ``"exact"`` (zᵀ∇f_i by forward-mode AD inside pass 1; no δ, immune to low
             precision) or ``"norm"`` (√(2/π)‖∇f_i‖ from exact per-sample gradients; no probe).
         transform: ``"abs"`` for ``|zᵀ∇f_i|`` (default) or ``"square"`` for its square.

@@ -11,6 +11,7 @@ regime: no positive control).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
@@ -160,6 +161,34 @@ def escape_rows(recorded: Any | None) -> list[Row]:
         c = compare(va, vb, sign, TRACE_EFFECT * statistics.fmean(vb.values())) if va and vb else None
         rows.append(
             _row("C6", f"escape: tr V after the continuation, {text}", where, scale, c, f"{a} − {b}", src)
+        )
+    rows += _law_rows(by_label, where, scale, src)
+    return rows
+
+
+def _law_rows(by_label: Mapping[str, dict[Any, float]], where: str, scale: str, src: str) -> list[Row]:
+    # the sqrt(c_m) penalty law: the drop of tr V below SGD, per seed, is sqrt(B / m) times SAM's (B = 128)
+    rows = []
+    sgd, sam = by_label.get("sgd", {}), by_label.get("sam", {})
+    for m in (32, 8):
+        small = by_label.get(f"m-sam-m{m}", {})
+        seeds = sorted(set(sgd) & set(sam) & set(small))
+        if not seeds:
+            continue
+        law = math.sqrt(128 / m)
+        excess = {s: (sgd[s] - small[s]) / (sgd[s] - sam[s]) - law for s in seeds}
+        c = compare(excess, dict.fromkeys(seeds, 0.0), 0, 0.25 * law)
+        rows.append(
+            _row(
+                "C6",
+                f"escape: the drop of tr V below SGD is √(128/m) = {law:g} times SAM's for m = {m} "
+                "(the √c_m law)",
+                where,
+                scale,
+                c,
+                "ratio − law",
+                src,
+            )
         )
     return rows
 

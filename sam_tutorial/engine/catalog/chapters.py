@@ -54,7 +54,7 @@ def _variants(rho: float, lam: float, delta: float, m: int) -> dict[str, dict[st
 
 
 # RW-SAM's probe radius ||w+ - w|| = delta (any model size): 0.01, the probe size suggested in
-# reference/paper.md §5.3 (the paper's delta: UNCONFIRMED).
+# a secondary summary of the paper (book/sources.md; the paper's delta: UNCONFIRMED).
 MLP_DELTA = 0.01
 
 
