@@ -47,9 +47,10 @@ _SET_BY_CONFIG: dict[str, set[str]] = {
 """Keyword arguments :func:`make_optimizer` fills from the configuration (not accepted in ``options``)."""
 
 
-METRICS: tuple[str, ...] = ("trace_V", "sharpness")
-"""The built-in metrics, ``trace_V`` (:func:`sam_tutorial.sgn.variance.trace_V`) and ``sharpness``
-(:func:`sam_tutorial.curvature.sharpness.sam_sharpness` with ``sharpness_rho``), on the first
+METRICS: tuple[str, ...] = ("trace_V", "sharpness", "trace_H")
+"""The built-in metrics, ``trace_V`` (:func:`sam_tutorial.sgn.variance.trace_V`), ``sharpness``
+(:func:`sam_tutorial.curvature.sharpness.sam_sharpness` with ``sharpness_rho``) and ``trace_H``
+(:func:`sam_tutorial.curvature.hutchinson.hessian_trace`, 32 Rademacher probes), on the first
 ``metric_samples`` training samples."""
 
 
