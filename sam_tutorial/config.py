@@ -43,6 +43,8 @@ __all__ = [
     "DATA_ENV",
     "DEFAULT_MODE",
     "DEVICE_ENV",
+    "INSTALL_ENV",
+    "REPOSITORY",
     "MODES",
     "MODE_ENV",
     "NOTEBOOK_SECONDS",
@@ -75,6 +77,16 @@ MODE_ENV = "SAM_TUTORIAL_MODE"
 DEVICE_ENV = "SAM_TUTORIAL_DEVICE"
 DATA_ENV = "SAM_TUTORIAL_DATA"
 """The environment variable that names the data folder."""
+
+REPOSITORY = "https://github.com/sam-tutorial/sam_tutorial"
+"""The project's repository, stated here once. The notebooks' bootstrap cells install from
+``git+REPOSITORY`` (a notebook on Colab cannot import the package before installing it, so each cell carries
+a copy), ``_config.yml``'s ``repository.url`` builds the launch buttons, and ``pyproject.toml`` lists it;
+``tests/test_colab.py`` checks that every copy equals this one."""
+
+INSTALL_ENV = "SAM_TUTORIAL_INSTALL"
+"""The environment variable a bootstrap cell reads for where to install the package from instead of
+``git+REPOSITORY``: any pip URL (a fork, ``git+...@tag``, ``file:///path/to/checkout`` or a wheel)."""
 
 NOTEBOOK_SECONDS: Mapping[str, float | None] = MappingProxyType(
     {"quick": 60.0, "standard": 180.0, "paper": None}
@@ -359,8 +371,9 @@ def check_batch(inputs: tuple[Tensor, ...], targets: Tensor) -> int:
 def require(module: str, extra: str) -> ModuleType:
     """Import ``module``, or raise an ``ImportError`` that names the extra providing it.
 
-    The core install is torch, numpy and tqdm; ``data`` adds mnist1d, ``book`` matplotlib and
-    ipywidgets (``pip install "sam_tutorial[book]"``).
+    The core install is torch, numpy and tqdm; ``data`` adds mnist1d, ``notebook`` matplotlib and
+    ipywidgets (what a chapter needs on Colab: ``pip install "sam_tutorial[notebook,data]"``), ``book``
+    also Jupyter Book.
 
     >>> require("math", "data").sqrt(4.0)
     2.0

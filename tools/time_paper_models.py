@@ -3,9 +3,9 @@ data for SGD, SAM, m-SAM (two micro-batches, as m = 64 of a batch of 128) and RW
 one forward+backward per image, and write the result with its provenance for chapter 6::
 
     OMP_NUM_THREADS=1 .venv/bin/python tools/time_paper_models.py --device cpu --batches 4,8 \\
-        --out results/paper-timing-cpu.json
+        --out sam_tutorial/results/paper-timing-cpu.json
     .venv/bin/python tools/time_paper_models.py --device cuda --batches 64,128 --rounds 5 \\
-        --out results/paper-timing-cuda.json
+        --out sam_tutorial/results/paper-timing-cuda.json
 
 On a CPU two small batches keep the measurement to a few minutes, and the clock is the process's CPU time
 (one thread), so that other processes on a shared machine do not inflate it. The chapter fits

@@ -3,11 +3,11 @@ fallbacks, the 2-D landscape helpers of chapter 1 and the noise/curvature snapsh
 
 Documented and tested, but not a stability promise: library users want :mod:`sam_tutorial.optim`,
 :mod:`sam_tutorial.sgn`, :mod:`sam_tutorial.curvature`, :mod:`sam_tutorial.theory` and
-:mod:`sam_tutorial.engine`. Needs the ``book`` extra (matplotlib, ipywidgets) for plotting.
+:mod:`sam_tutorial.engine`. Needs the ``notebook`` extra (matplotlib, ipywidgets) for plotting.
 """
 
 from sam_tutorial.config import require
 
-require("matplotlib", "book")  # every chapter helper draws; without the extra, say which one to install
+require("matplotlib", "notebook")  # every chapter helper draws; without the extra, say which to install
 
 __all__: list[str] = []

@@ -8,7 +8,7 @@ the static figure the HTML shows, and what a notebook falls back to without ipyw
 
 >>> import matplotlib, torch
 >>> matplotlib.use("Agg")
->>> s = BatchScores(torch.tensor([1.0, 2.0, 3.0]), {"fd": torch.tensor([0.5, 2.5, 2.0])}, None)
+>>> s = BatchScores(torch.tensor([1.0, 2.0, 3.0]), {"finite-difference": torch.tensor([0.5, 2.5, 2.0])}, None)
 >>> fig = weights_grid(s, [0.1, 1.0])
 >>> len(fig.axes)
 2
@@ -42,7 +42,7 @@ __all__ = [
     "BatchScores", "WeightsExplorer", "batch_scores", "weights_explorer", "weights_grid", "weights_panel",
 ]
 
-LABELS = {"fd": "finite difference (1 probe)", "jvp": "exact $z^\\top\\nabla f_i$ (1 probe)",
+LABELS = {"finite-difference": "finite difference (1 probe)", "exact": "exact $z^\\top\\nabla f_i$ (1 probe)",
           "norm": "exact norm $\\sqrt{2/\\pi}\\,\\|\\nabla f_i\\|$"}
 
 
@@ -55,11 +55,11 @@ class BatchScores(NamedTuple):
 
 
 def batch_scores(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, *,
-                 methods: Sequence[str] = SCORES, radius: float = 1e-2, seed: int = 0,
+                 methods: Sequence[str] = SCORES, delta: float = 1e-2, seed: int = 0,
                  mask: Tensor | None = None) -> BatchScores:
     """Scores of one batch by each method, all with the same shared Rademacher probe."""
     probe = rademacher_probe(model, torch.Generator().manual_seed(seed))
-    scores = {m: probe_scores(model, loss_fn, x, y, method=m, probe=probe, radius=radius).detach()
+    scores = {m: probe_scores(model, loss_fn, x, y, method=m, probe=probe, delta=delta).detach()
               for m in methods}
     norms = scores["norm"] / SQRT_2_OVER_PI if "norm" in scores else \
         probe_scores(model, loss_fn, x, y, method="norm") / SQRT_2_OVER_PI

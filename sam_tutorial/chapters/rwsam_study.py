@@ -6,7 +6,8 @@ The study is too long for a book build (about 30 minutes on one CPU core), so it
 line and the chapter loads its JSON (``results/ch5-rwsam-study.json``), which records the command, the
 commit, the date and the wall time::
 
-    OMP_NUM_THREADS=1 python -m sam_tutorial.chapters.rwsam_study --out results/ch5-rwsam-study.json
+    OMP_NUM_THREADS=1 python -m sam_tutorial.chapters.rwsam_study \\
+        --out sam_tutorial/results/ch5-rwsam-study.json
 
 Three parts, all with the MLP 40-256-256-10, batch 128, SGD (momentum 0.9, weight decay 5e-4, cosine
 learning rate from 0.05), 20 epochs, seeds 0-2:
@@ -81,7 +82,7 @@ class ScoredRWSAM(RWSAM):
                 self._exact = probe_scores(self.model, loss_fn, inputs, targets, method="norm").detach()
             else:
                 z = rademacher_probe(self.model, self._probe_gen)
-                exact = probe_scores(self.model, loss_fn, inputs, targets, method="jvp", probe=z)
+                exact = probe_scores(self.model, loss_fn, inputs, targets, method="exact", probe=z)
                 self._exact = exact.detach()
         return super().step(inputs, targets, loss_fn, **kwargs)
 
@@ -288,7 +289,7 @@ def step_costs(repeats: int = 7) -> dict[str, dict[str, float]]:
 def main(argv: list[str] | None = None) -> None:
     """Run the study and write the JSON (after every part, so an interrupted study keeps what it has)."""
     parser = argparse.ArgumentParser(description="Chapter 5's recorded RW-SAM study (~30 min, one core)")
-    parser.add_argument("--out", default="results/ch5-rwsam-study.json")
+    parser.add_argument("--out", default="sam_tutorial/results/ch5-rwsam-study.json")
     parser.add_argument("--parts", nargs="*", default=["compare", "lambda", "noise"])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -1,5 +1,8 @@
 """Recorded results: results of catalogue experiments produced elsewhere (a GPU, a cluster), kept as small
 JSON files under ``results/`` that the book loads while they still describe the catalogue's configuration.
+The repository's ``sam_tutorial/results/`` ships with the package (package data), so an installed package
+finds them from any folder; a ``results/`` folder in the working directory (or its parent) overrides it
+(:func:`results_folder`, :func:`find_result`).
 
 A recorded file holds what one run of the CLI produced, without the weights or the per-epoch history,
 and where it comes from::
@@ -18,7 +21,8 @@ recorded), an unknown experiment or run, or another format is ignored, with the 
 Write one from finished runs (the cached results of ``python -m sam_tutorial run NAME``)::
 
     python -m sam_tutorial.engine.recorded table1-resnet18-cifar10 --mode paper --out runs \\
-        --to results/table1-resnet18-cifar10-paper.json --command "python -m sam_tutorial run ..."
+        --to sam_tutorial/results/table1-resnet18-cifar10-paper.json \\
+        --command "python -m sam_tutorial run ..."
 
 >>> rec = {"label": "sgd", "seed": 0, "config_hash": expected_hash("smoke", "quick", "sgd", 0)}
 >>> check_recorded({"format": RECORDED_FORMAT, "experiment": "smoke", "mode": "quick", "records": [rec]})
@@ -41,6 +45,7 @@ from typing import Any
 
 __all__ = [
     "find_result",
+    "packaged_results",
     "results_folder",
     "RECORDED_FORMAT",
     "LoadedResults",
@@ -218,37 +223,48 @@ def load_recorded(
     return out
 
 
-def _roots() -> tuple[Path, ...]:
-    # the working directory, its parent (a notebook runs in book/), the repository the package came from
-    return (Path.cwd(), Path.cwd().parent, Path(__file__).resolve().parents[2])
+def packaged_results() -> Path:
+    """The recorded results that ship with the package (``sam_tutorial/results/``, package data found
+    through :mod:`importlib.resources`), so that a chapter run on Colab or in an empty folder finds them."""
+    from importlib.resources import files
+
+    return Path(str(files("sam_tutorial") / "results"))
+
+
+def _folders() -> tuple[Path, ...]:
+    # a local results/ (the working directory, or its parent: a notebook runs in book/) overrides the
+    # results that ship with the package
+    return (Path.cwd() / "results", Path.cwd().parent / "results", packaged_results())
 
 
 def results_folder() -> Path:
-    """``results/`` of the working directory, of its parent (a notebook runs in ``book/``) or of the
-    repository the package was installed from.
+    """The folder of recorded results: ``results/`` of the working directory or of its parent if there
+    is one (a local folder replaces the packaged one as a whole), else :func:`packaged_results`.
 
     Raises:
-        FileNotFoundError: if none has one.
+        FileNotFoundError: if none exists (a broken installation).
     """
-    for root in _roots():
-        if (root / "results").is_dir():
-            return root / "results"
+    for folder in _folders():
+        if folder.is_dir():
+            return folder
     raise FileNotFoundError(
-        "no results/ folder in the working directory, its parent or the package's repository"
+        f"no results/ folder in the working directory or its parent, and none in the package "
+        f"({packaged_results()}); reinstall sam_tutorial"
     )
 
 
 def find_result(name: str) -> Path:
-    """``results/<name>`` from the first of the places :func:`results_folder` searches that has it.
+    """``<folder>/<name>`` from the first folder :func:`results_folder` searches that has it (one file in a
+    local ``results/`` overrides the packaged one of that name only).
 
     Raises:
         FileNotFoundError: if none has it.
     """
-    for root in _roots():
-        if (root / "results" / name).exists():
-            return root / "results" / name
-    raise FileNotFoundError(f"results/{name} not found (looked in the working directory, its parent and "
-                            "the package's repository)")
+    for folder in _folders():
+        if (folder / name).exists():
+            return folder / name
+    raise FileNotFoundError(f"results/{name} not found (looked in results/ of the working directory, of its "
+                            f"parent, and in the package: {packaged_results()})")
 
 
 def git_commit(folder: str | os.PathLike[str] | None = None) -> str:

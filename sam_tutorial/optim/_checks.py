@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sam_tutorial.optim._util import PerSampleLoss, TargetsForm, batch_size
+from sam_tutorial.optim._util import PerSampleLoss, TargetsForm, count_samples
 
 __all__: list[str] = []  # private module
 
@@ -74,9 +74,9 @@ def task(
                 "step(inputs, targets, loss_fn), or give a loss_fn(model, batch)"
             )
         return inputs, loss_fn
-    n, nt = batch_size(inputs, "inputs"), batch_size(targets, "targets")
-    if n != nt:
-        raise ValueError(f"targets has {nt} samples but inputs has {n}; they must match")
+    batch_size, nt = count_samples(inputs, "inputs"), count_samples(targets, "targets")
+    if batch_size != nt:
+        raise ValueError(f"targets has {nt} samples but inputs has {batch_size}; they must match")
     return (inputs, targets), TargetsForm(loss_fn)
 
 

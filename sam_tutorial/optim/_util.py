@@ -77,7 +77,7 @@ def _is_sample_tensor(x: Any) -> bool:
     return isinstance(x, Tensor) and x.ndim >= 1
 
 
-def batch_size(batch: Any, name: str = "batch") -> int:
+def count_samples(batch: Any, name: str = "batch") -> int:
     """The common length of dim 0 of every tensor in ``batch`` (any nesting of tuples, lists, dicts).
 
     0-d tensors and non-tensor leaves are carried along unsplit.

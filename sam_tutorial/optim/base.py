@@ -66,9 +66,9 @@ from sam_tutorial.optim._util import (
     PerSampleLoss,
     RNGState,
     batch_device,
-    batch_size,
     check_real,
     check_rho,
+    count_samples,
 )
 
 __all__ = ["EXTRA_KEY", "SCOPES", "PerturbedOptimizer", "StepStats"]
@@ -123,14 +123,15 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
 
     Subclass protocol (the only methods a variant writes; everything else is the engine's):
 
-    * ``_perturbed_step(batch, n) -> StepStats``: one step with ``rho > 0``. When it is called, the
-      weights are backed up (``_restore_weights`` puts w back), the buffers as they were before the
-      step are saved, gradients are as the user left them, and any exception raised puts everything
-      back. Use ``_losses(batch, n)`` for per-sample losses, ``_backward``, ``_save_buffers`` (after pass 1),
-      ``_ascend`` (or ``_grad_norm``, ``_perturbation_scale``, ``_perturb``) and finish with
-      ``_restore_and_step(finite)``, which returns ``skipped``. Under DDP wrap pass 1 in
-      ``_ascent_context()`` and the descent loss in ``_nan_unless(loss, finite)``.
-    * ``_check_batch(n)``: reject a batch size the variant cannot use (before anything changes).
+    * ``_perturbed_step(batch, batch_size) -> StepStats``: one step with ``rho > 0`` on a batch of
+      ``batch_size`` samples. When it is called, the weights are backed up (``_restore_weights`` puts w
+      back), the buffers as they were before the step are saved, gradients are as the user left them,
+      and any exception raised puts everything back. Use ``_losses(batch, batch_size)`` for per-sample
+      losses, ``_backward``, ``_save_buffers`` (after pass 1), ``_ascend`` (or ``_grad_norm``,
+      ``_perturbation_scale``, ``_perturb``) and finish with ``_restore_and_step(finite)``, which returns
+      ``skipped``. Under DDP wrap pass 1 in ``_ascent_context()`` and the descent loss in
+      ``_nan_unless(loss, finite)``.
+    * ``_check_batch(batch_size)``: reject a batch size the variant cannot use (before anything changes).
     * ``_closure_step(closure)``: the torch closure contract (only SAM implements it).
     * ``_extra_state()`` / ``_check_extra_state(state)`` / ``_load_extra_state(state)``: the variant's
       own state (saved under ``state_dict()["sam"]``, and restored after an exception in ``step``).
@@ -246,14 +247,14 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
             type(self).__name__, type(self)._closure_step is not PerturbedOptimizer._closure_step,
             inputs, targets, loss_fn,
         )
-        n = batch_size(batch)
+        batch_size = count_samples(batch)
         self._check_not_pending()
-        self._check_batch(n)
+        self._check_batch(batch_size)
         check_grad_mode()
         with torch.enable_grad(), self._transaction(batch_device(batch)):
             if self.rho == 0.0:
-                return self._plain_step(batch, n)
-            return self._perturbed_step(batch, n)
+                return self._plain_step(batch, batch_size)
+            return self._perturbed_step(batch, batch_size)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)
@@ -322,10 +323,10 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
         return f"{type(self).__name__}(rho={self.rho}, normalize={self.normalize}, base={self.base!r})"
 
     # ------------------------------------------------------ for subclasses to override
-    def _check_batch(self, n: int) -> None:
+    def _check_batch(self, batch_size: int) -> None:
         """Reject a batch size the variant cannot use."""
 
-    def _perturbed_step(self, batch: Any, n: int) -> StepStats:
+    def _perturbed_step(self, batch: Any, batch_size: int) -> StepStats:
         raise NotImplementedError
 
     def _closure_step(self, closure: Callable[[], Tensor]) -> Tensor:
@@ -384,8 +385,8 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
             return None
         return self.scaler.scale(torch.ones((), device=device))  # public API; a device tensor
 
-    def _plain_step(self, batch: Any, n: int) -> StepStats:
-        loss = self._losses(batch, n).mean()
+    def _plain_step(self, batch: Any, batch_size: int) -> StepStats:
+        loss = self._losses(batch, batch_size).mean()
         self.zero_grad()  # only once the call is known to be valid: a rejected call changes nothing
         self._backward(loss)
         gnorm = self._unscaled(self._grad_norm())
@@ -394,14 +395,15 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
         return StepStats(loss.detach(), loss.detach(), gnorm, zero, skipped)
 
     # ----------------------------------------------------------------- passes
-    def _losses(self, batch: Any, n: int) -> Tensor:
-        """Per-sample losses of the model on ``batch``, checked to have shape ``[n]``."""
+    def _losses(self, batch: Any, batch_size: int) -> Tensor:
+        """Per-sample losses of the model on ``batch``, checked to have shape ``[batch_size]``."""
         assert self._per_sample is not None
         losses = self._per_sample(self.model, batch)
-        if not isinstance(losses, Tensor) or losses.shape != (n,):
+        if not isinstance(losses, Tensor) or losses.shape != (batch_size,):
             shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
             raise ValueError(
-                f"loss_fn must return one loss per sample, shape ({n},), got {shape}; use reduction='none'"
+                f"loss_fn must return one loss per sample, shape ({batch_size},), got {shape}; use "
+                "reduction='none'"
             )
         if torch.is_grad_enabled() and not losses.requires_grad:
             raise ValueError(

@@ -26,7 +26,7 @@ Backends (same arithmetic, equal to float64 round-off; ``StepStats.grad_norm`` a
 * ``"vmap"``: ``torch.func.vmap`` over the k micro-batches, two batched passes. BatchNorm also
   normalises per micro-batch; the running statistics receive one update per step, with the mean of the
   k micro-batch statistics (each micro-batch updates its own copy, the copies are averaged). Memory:
-  k copies of the gradients and perturbed weights (``vmap_chunk_size`` bounds it). Dropout draws
+  k copies of the gradients and perturbed weights (``micro_batches_per_call`` bounds it). Dropout draws
   different masks per micro-batch. A batch that m does not divide, and any step under ``torch.autocast``
   (where functorch's batched backward fails on CUDA), runs on the loop backend.
 * ``"auto"``: ``"vmap"`` on CUDA, ``"loop"`` on the CPU (where the loop is faster for conv nets) and
@@ -56,6 +56,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from typing import Any
 
@@ -90,12 +91,14 @@ class MSAM(PerturbedOptimizer):
             micro-batch, weighted by its size.
         normalize: m-SAM (``True``) or m-USAM (``False``).
         backend: ``"loop"``, ``"vmap"`` or ``"auto"`` (see the module docstring).
-        vmap_chunk_size: micro-batches per vectorised call (``None``: all k at once).
+        micro_batches_per_call: micro-batches per vectorised call (``None``: all k at once); it counts
+            micro-batches, where ``chunk_size`` elsewhere in the package counts samples.
         scaler: optional ``torch.amp.GradScaler`` (float16).
         skip_nonfinite: skip the whole step on a non-finite loss or gradient.
         scope: under ``DistributedDataParallel``, ``"local"`` (default) or ``"global"``; see
             ``sam_tutorial.optim.base`` (ignored for a model that is not DDP-wrapped).
         max_grad_norm: clip the descent gradient to this norm before the base step (``None``: no).
+        vmap_chunk_size: deprecated name of ``micro_batches_per_call``.
     """
 
     def __init__(
@@ -107,12 +110,20 @@ class MSAM(PerturbedOptimizer):
         m: int,
         normalize: bool = True,
         backend: str = "auto",
-        vmap_chunk_size: int | None = None,
+        micro_batches_per_call: int | None = None,
         scaler: torch.amp.GradScaler | None = None,
         skip_nonfinite: bool = True,
         scope: str | None = None,
         max_grad_norm: float | None = None,
+        vmap_chunk_size: int | None = None,
     ) -> None:
+        per_call_name = "micro_batches_per_call"
+        if vmap_chunk_size is not None:
+            if micro_batches_per_call is not None:
+                raise ValueError("give micro_batches_per_call only (vmap_chunk_size is its deprecated name)")
+            warnings.warn("MSAM(vmap_chunk_size=) is deprecated; call it micro_batches_per_call (it counts "
+                          "micro-batches, not samples)", DeprecationWarning, stacklevel=2)
+            micro_batches_per_call, per_call_name = vmap_chunk_size, "vmap_chunk_size"
         super().__init__(
             model,
             base,
@@ -125,7 +136,7 @@ class MSAM(PerturbedOptimizer):
         )
         self.m = check_int("m", m)
         self.backend = check_choice("backend", backend, BACKENDS)
-        self.vmap_chunk_size = check_int_or_none("vmap_chunk_size", vmap_chunk_size)
+        self.micro_batches_per_call = check_int_or_none(per_call_name, micro_batches_per_call)
         if self.ddp and self.scope == "global":
             raise ValueError(
                 "MSAM under DistributedDataParallel supports scope='local' only: each rank perturbs "
@@ -143,23 +154,22 @@ class MSAM(PerturbedOptimizer):
             return self.backend
         return "vmap" if device.type == "cuda" and not self.ddp else "loop"
 
-    def _perturbed_step(self, batch: Any, n: int) -> StepStats:
+    def _perturbed_step(self, batch: Any, batch_size: int) -> StepStats:
         device = batch_device(batch)
         # functorch's batched backward fails under autocast (mixed half/float BatchNorm): use the loop
-        if self.resolved_backend(device) == "vmap" and n % self.m == 0 and not torch.is_autocast_enabled(
-            device.type
-        ):
-            return self._vmap_step(batch, n)
-        return self._loop_step(batch, n)
+        divides = batch_size % self.m == 0
+        if self.resolved_backend(device) == "vmap" and divides and not torch.is_autocast_enabled(device.type):
+            return self._vmap_step(batch, batch_size)
+        return self._loop_step(batch, batch_size)
 
     # ------------------------------------------------------------------ loop
-    def _loop_step(self, batch: Any, n: int) -> StepStats:
-        starts = list(range(0, n, self.m))
+    def _loop_step(self, batch: Any, batch_size: int) -> StepStats:
+        starts = list(range(0, batch_size, self.m))
         params = self._flat_params()
         losses, losses2, gnorms, sizes = [], [], [], []
         finite = torch.ones((), dtype=torch.bool, device=params[0].device)
         for j, start in enumerate(starts):
-            size = min(self.m, n - start)
+            size = min(self.m, batch_size - start)
             part = split(batch, start, start + size)
             with self._no_sync():
                 loss = self._losses(part, size).mean()
@@ -175,14 +185,14 @@ class MSAM(PerturbedOptimizer):
                 loss2 = self._losses(part, size).mean()
                 if j == 0:
                     self.zero_grad()  # the descent gradients accumulate in .grad from here on
-                self._backward(self._nan_unless(loss2, finite) * (size / n))
+                self._backward(self._nan_unless(loss2, finite) * (size / batch_size))
             self._restore_weights()
             self._restore_buffers()
             losses.append(loss.detach())
             losses2.append(loss2.detach())
             gnorms.append(gnorm)
             sizes.append(size)
-        weights = [s / n for s in sizes]
+        weights = [s / batch_size for s in sizes]
         return self._stats(torch.stack(losses), torch.stack(losses2), torch.stack(gnorms), weights)
 
     def _stats(self, losses: Tensor, losses2: Tensor, gnorms: Tensor, weights: list[float] | None = None,
@@ -204,8 +214,8 @@ class MSAM(PerturbedOptimizer):
         return StepStats(loss, loss2, self._unscaled(gnorms).mean(), enorms.mean(), skipped)
 
     # ------------------------------------------------------------------ vmap
-    def _vmap_step(self, batch: Any, n: int) -> StepStats:
-        k, m = n // self.m, self.m
+    def _vmap_step(self, batch: Any, batch_size: int) -> StepStats:
+        k, m = batch_size // self.m, self.m
         assert self._per_sample is not None
         module = PerSampleModule(self.model, self._per_sample)
         trainable = {id(p) for p in self._flat_params()}
@@ -239,7 +249,7 @@ class MSAM(PerturbedOptimizer):
             grad_and_value(ascent, has_aux=True),
             in_dims=(None, buf_dim, in_dims),
             randomness="different",
-            chunk_size=self.vmap_chunk_size,
+            chunk_size=self.micro_batches_per_call,
         )({name: p.detach() for name, p in train.items()}, bufs1, xs)
 
         # float32 at least (float64 kept), as in PerturbedOptimizer._grad_norm
@@ -259,7 +269,7 @@ class MSAM(PerturbedOptimizer):
             lambda tp, bufs, x: chunk_losses(tp, bufs, x).mean(),
             in_dims=(0, buf_dim, in_dims),
             randomness="different",
-            chunk_size=self.vmap_chunk_size,
+            chunk_size=self.micro_batches_per_call,
         )(perturbed, batched(buffers), xs)
         self._backward(losses2.mean())
         return self._stats(means.detach(), losses2.detach(), gnorms, moved=False)

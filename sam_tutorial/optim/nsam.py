@@ -51,8 +51,8 @@ from torch import nn
 from sam_tutorial.optim._util import (
     TargetsForm,
     batch_device,
-    batch_size,
     check_int_or_none,
+    count_samples,
     split,
     to_device,
 )
@@ -105,15 +105,15 @@ class NSAM(PerturbedOptimizer):
             max_grad_norm=max_grad_norm,
         )
         if isinstance(data, tuple | list) and len(data) == 2:
-            n, nt = batch_size(data[0], "data[0]"), batch_size(data[1], "data[1]")
+            n, nt = count_samples(data[0], "data[0]"), count_samples(data[1], "data[1]")
             if n != nt:
                 raise ValueError(f"data: targets has {nt} samples but inputs has {n}")
             data = (data[0], data[1])
-        self.n = batch_size(data, "data")
+        self.n = count_samples(data, "data")
         self.data = data
         self.chunk_size = check_int_or_none("chunk_size", chunk_size) or self.n
 
-    def _perturbed_step(self, batch: Any, n: int) -> StepStats:
+    def _perturbed_step(self, batch: Any, batch_size: int) -> StepStats:
         if isinstance(self._per_sample, TargetsForm) and not (
             isinstance(self.data, tuple) and len(self.data) == 2
         ):
@@ -121,7 +121,7 @@ class NSAM(PerturbedOptimizer):
                 "data must be a pair (X, Y) for step(inputs, targets, loss_fn); with step(batch, loss_fn) "
                 "it is a batch of the same form"
             )
-        if batch_size(self.data, "data") != self.n:
+        if count_samples(self.data, "data") != self.n:
             raise ValueError("data changed size since construction; build a new NSAM for a new data set")
         device = batch_device(batch)
         total = torch.zeros((), device=device)
@@ -140,7 +140,7 @@ class NSAM(PerturbedOptimizer):
         self._save_buffers()
         gnorm, enorm = self._ascend()
         self.zero_grad()
-        loss2 = self._losses(batch, n).mean()
+        loss2 = self._losses(batch, batch_size).mean()
         finite = torch.isfinite(total) & torch.isfinite(gnorm)
         self._backward(self._nan_unless(loss2, finite))
         skipped = self._restore_and_step(finite & torch.isfinite(loss2))

@@ -250,7 +250,7 @@ class RWSAM(PerturbedOptimizer):
             flat.div_(norm.to(flat.device))
         return 1.0, 1.0 if self.normalize_probe else norm
 
-    def _probe_losses(self, batch: Any, n: int, step: float) -> Tensor:
+    def _probe_losses(self, batch: Any, batch_size: int, step: float) -> Tensor:
         """Per-sample losses at w + step·v (no grad), with the step's dropout masks; weights and
         buffers are exactly as before when this returns."""
         with torch.no_grad():
@@ -258,21 +258,21 @@ class RWSAM(PerturbedOptimizer):
                 torch._foreach_add_(g.params, views, alpha=step)
             weights_changed()
             try:
-                return self._fp32_losses(batch, n)
+                return self._fp32_losses(batch, batch_size)
             finally:
                 self._restore_weights()
                 self._restore_buffers(before_step=True)
 
-    def _fp32_losses(self, batch: Any, n: int) -> Tensor:
+    def _fp32_losses(self, batch: Any, batch_size: int) -> Tensor:
         """Losses without grad from the step's starting random state; float32 under autocast."""
         assert self._rng_at_start is not None
         self._rng_at_start.restore()
         device_type = batch_device(batch).type
         # inference mode: about 10 % cheaper than no_grad on the CPU (no version counters, no views kept)
         with torch.inference_mode(), torch.autocast(device_type, enabled=False):
-            return _at_least_fp32(self._losses(batch, n))
+            return _at_least_fp32(self._losses(batch, batch_size))
 
-    def _dual_losses(self, batch: Any, n: int) -> tuple[Tensor, Tensor]:
+    def _dual_losses(self, batch: Any, batch_size: int) -> tuple[Tensor, Tensor]:
         """Per-sample losses at w and their directional derivatives vᵀ∇f_i, in one dual forward."""
         assert self._per_sample is not None
         module = PerSampleModule(self.model, self._per_sample)
@@ -283,23 +283,23 @@ class RWSAM(PerturbedOptimizer):
             duals = {name: fwAD.make_dual(p, tangent[id(p)]) for name, p in module.named_parameters()
                      if id(p) in tangent}
             out = functional_call(module, duals, (batch,), strict=False)
-            if not isinstance(out, Tensor) or out.shape != (n,):
+            if not isinstance(out, Tensor) or out.shape != (batch_size,):
                 raise ValueError(
-                    f"loss_fn must return one loss per sample, shape ({n},); use reduction='none'"
+                    f"loss_fn must return one loss per sample, shape ({batch_size},); use reduction='none'"
                 )
             losses, derivative = fwAD.unpack_dual(out)
         if derivative is None:
             raise ValueError("score='exact': the losses do not depend on the trainable parameters")
         return losses, _at_least_fp32(derivative.detach())
 
-    def _pass1_and_scores(self, batch: Any, n: int) -> tuple[Tensor, Tensor]:
-        """Pass 1's per-sample losses (with a graph) and the scores [n], every probe forward drawing the
-        same dropout masks as pass 1 and leaving weights and buffers as they were."""
+    def _pass1_and_scores(self, batch: Any, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Pass 1's per-sample losses (with a graph) and the scores [batch_size], every probe forward
+        drawing the same dropout masks as pass 1 and leaving weights and buffers as they were."""
         assert self._rng_at_start is not None
         if self.score == "norm":
-            norms = self._norm_scores(batch, n)
+            norms = self._norm_scores(batch, batch_size)
             self._rng_at_start.restore()  # pass 1 draws the dropout masks it would draw without the score
-            return self._losses(batch, n), norms if self.transform == "abs" else norms.square()
+            return self._losses(batch, batch_size), norms if self.transform == "abs" else norms.square()
         device_type = batch_device(batch).type
         autocast = torch.is_autocast_enabled(device_type)
         rows: list[Tensor] = []
@@ -308,23 +308,23 @@ class RWSAM(PerturbedOptimizer):
         for j in range(self.n_probes):
             root, factor = self._draw_probe()
             if self.score == "finite-difference":
-                plus.append((self._probe_losses(batch, n, self.delta / root), root, factor))
+                plus.append((self._probe_losses(batch, batch_size, self.delta / root), root, factor))
             elif j == 0 and not autocast:  # the dual forward is pass 1
                 self._rng_at_start.restore()
-                losses, d = self._dual_losses(batch, n)
+                losses, d = self._dual_losses(batch, batch_size)
                 rows.append(d * factor)
             else:  # one float32 dual forward without a graph
                 self._rng_at_start.restore()
                 with torch.no_grad(), torch.autocast(device_type, enabled=False):
-                    rows.append(self._dual_losses(batch, n)[1] * factor)
+                    rows.append(self._dual_losses(batch, batch_size)[1] * factor)
                 self._restore_buffers(before_step=True)
         reference = None
         if plus and autocast:  # a bfloat16 loss cannot resolve the difference: both ends in float32
-            reference = self._fp32_losses(batch, n)
+            reference = self._fp32_losses(batch, batch_size)
             self._restore_buffers(before_step=True)
         if losses is None:
             self._rng_at_start.restore()  # pass 1 draws the probe's dropout masks
-            losses = self._losses(batch, n)
+            losses = self._losses(batch, batch_size)
         if plus:
             ref = reference if reference is not None else _at_least_fp32(losses.detach())
             self._check_resolution(plus[0][0], ref)
@@ -332,7 +332,7 @@ class RWSAM(PerturbedOptimizer):
         scores = torch.stack([r.abs() if self.transform == "abs" else r.square() for r in rows]).mean(0)
         return losses, scores
 
-    def _norm_scores(self, batch: Any, n: int) -> Tensor:
+    def _norm_scores(self, batch: Any, batch_size: int) -> Tensor:
         """√(2/π)‖∇f_i(w)‖ (divided by √d with ``normalize_probe``) for every sample, from exact
         per-sample gradients in float32; weights, buffers and ``.grad`` are left as they are."""
         assert self._per_sample is not None
@@ -345,7 +345,7 @@ class RWSAM(PerturbedOptimizer):
         train = {k: p.detach() for k, p in named.items() if id(p) in trainable}
         frozen = {k: p.detach() for k, p in named.items() if id(p) not in trainable}
         buffers = {k: b.detach().clone() for k, b in module.named_buffers()}
-        xs, in_dims = fold(batch, n)
+        xs, in_dims = fold(batch, batch_size)
 
         def loss(tp: dict[str, Tensor], x: Any) -> Tensor:
             return functional_call(module, ({**tp, **frozen}, buffers), (x,)).sum()
@@ -379,9 +379,9 @@ class RWSAM(PerturbedOptimizer):
         return p
 
     # ------------------------------------------------------------------ step
-    def _perturbed_step(self, batch: Any, n: int) -> StepStats:
+    def _perturbed_step(self, batch: Any, batch_size: int) -> StepStats:
         with self._ascent_context():
-            losses, scores = self._pass1_and_scores(batch, n)
+            losses, scores = self._pass1_and_scores(batch, batch_size)
             self.last_scores = scores
             self.zero_grad()
             if self.scope == "global":
@@ -393,7 +393,7 @@ class RWSAM(PerturbedOptimizer):
         self._save_buffers()
         gnorm, enorm = self._ascend()
         self.zero_grad()
-        losses2 = self._losses(batch, n)
+        losses2 = self._losses(batch, batch_size)
         loss2 = losses2.mean()
         loss = losses.detach().mean()
         finite = torch.isfinite(loss) & torch.isfinite(gnorm) & torch.isfinite(scores).all()

@@ -143,15 +143,15 @@ class SAM(PerturbedOptimizer):
         return super()._ascend(self.adaptive_eps if self.adaptive else adaptive_eps)
 
     # ------------------------------------------------------------ the two step forms
-    def _perturbed_step(self, batch: Any, n: int) -> StepStats:
+    def _perturbed_step(self, batch: Any, batch_size: int) -> StepStats:
         with self._ascent_context():
-            loss = self._losses(batch, n).mean()
+            loss = self._losses(batch, batch_size).mean()
             self.zero_grad()
             self._backward(loss)
         self._save_buffers()
         gnorm, enorm = self._ascend()
         self.zero_grad()
-        loss2 = self._losses(batch, n).mean()
+        loss2 = self._losses(batch, batch_size).mean()
         finite = torch.isfinite(loss) & torch.isfinite(gnorm)
         self._backward(self._nan_unless(loss2, finite))
         skipped = self._restore_and_step(finite & torch.isfinite(loss2))

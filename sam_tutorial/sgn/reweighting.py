@@ -5,16 +5,18 @@ over the simplex of :math:`\langle p,s\rangle+\mathbb H(p)/\lambda` (:func:`gibb
 :func:`gibbs_value`), with scores :math:`s_i` that estimate the per-sample gradient norms
 :math:`\|\nabla f_i\|`. This module computes the three kinds of score the chapter compares,
 
-=================== ==========================================================================
-``"fd"``            :math:`\sqrt P\,|f_i(w+\delta z)-f_i(w)|/\|\delta z\|\approx|z^\top\nabla f_i|`,
-                    one forward at :math:`w+\delta z` (``radius`` :math:`=\|\delta z\|`)
-``"jvp"``           :math:`|z^\top\nabla f_i|` exactly, by forward-mode differentiation
-``"norm"``          :math:`\sqrt{2/\pi}\,\|\nabla f_i\|`: the exact norms, scaled like the probes
-=================== ==========================================================================
+======================= ======================================================================
+``"finite-difference"`` :math:`\|z\|\,|f_i(w+\delta u)-f_i(w)|/\delta\approx|z^\top\nabla f_i|` with
+                        :math:`u=z/\|z\|`: one forward at distance ``delta`` :math:`=\delta` from
+                        :math:`w` (the probe radius, as in :class:`~sam_tutorial.optim.RWSAM`)
+``"exact"``             :math:`|z^\top\nabla f_i|` exactly, by forward-mode differentiation
+``"norm"``              :math:`\sqrt{2/\pi}\,\|\nabla f_i\|`: the exact norms, scaled like the probes
+======================= ======================================================================
 
-with :math:`z` Rademacher (entries ±1, so :math:`\|z\|=\sqrt P`). Since
+with :math:`z` Rademacher (entries ±1, so :math:`\|z\|=\sqrt d`). The first two names are RW-SAM's own
+``score`` values (:data:`sam_tutorial.optim.rwsam.SCORES`); ``"norm"`` is an oracle beyond the paper. Since
 :math:`\mathbb E|z^\top g|\approx\sqrt{2/\pi}\,\|g\|` in high dimension, all three are on the same scale,
-independent of the model size P, and a given λ means the same in each (the scale of the package's
+independent of the model size d, and a given λ means the same in each (the scale of the package's
 RW-SAM with a probe of radius δ). The probe is shared by the batch, as in RW-SAM.
 
 Quality measures: :func:`spearman` (rank agreement with the true norms), :func:`effective_batch`
@@ -30,6 +32,7 @@ True
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -37,6 +40,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
 from sam_tutorial.config import check_nonneg
+from sam_tutorial.optim.rwsam import SCORES as _RWSAM_SCORES
 from sam_tutorial.optim.rwsam import gibbs_weights  # the weights RW-SAM itself uses (one definition)
 from sam_tutorial.sgn.fast_norms import per_sample_sq_norms, supports_fast_norms
 from sam_tutorial.sgn.per_sample import per_sample_grads
@@ -59,8 +63,12 @@ __all__ = [
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
-SCORES = ("fd", "jvp", "norm")
-"""The per-sample scores (table above) by finite difference, exact directional derivative, exact norm."""
+SCORES: tuple[str, ...] = (*dict.fromkeys((*_RWSAM_SCORES, "norm")),)
+"""The per-sample scores (table above): RW-SAM's ``score`` values (finite difference, exact directional
+derivative) and the exact norm."""
+
+_OLD_SCORES = {"fd": "finite-difference", "jvp": "exact"}
+"""Deprecated spellings of :data:`SCORES`, still accepted with a warning."""
 
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
@@ -172,12 +180,13 @@ def probe_scores(
     x: Tensor,
     y: Tensor,
     *,
-    method: str = "fd",
+    method: str = "finite-difference",
     probe: dict[str, Tensor] | None = None,
-    radius: float = 1e-2,
+    delta: float = 1e-2,
     autocast: torch.dtype | None = None,
     signed: bool = False,
     same_randomness: bool = True,
+    radius: float | None = None,
 ) -> Tensor:
     r"""Per-sample scores ``[B]`` of one batch, all on the scale of :math:`\sqrt{2/\pi}\|\nabla f_i\|`.
 
@@ -189,19 +198,29 @@ def probe_scores(
         y: targets ``[B]``.
         method: one of :data:`SCORES`.
         probe: the shared probe ``z`` (default: a fresh Rademacher probe); unused by ``"norm"``.
-        radius: :math:`\|\delta z\|` of the finite difference (``"fd"`` only).
+        delta: the probe radius δ of the finite difference, the distance of :math:`w+\delta u` from
+            :math:`w` (``"finite-difference"`` only; RW-SAM's ``delta``).
         autocast: run the forward passes under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``).
-        signed: return :math:`z^\top\nabla f_i` with its sign (``"fd"``/``"jvp"``).
+        signed: return :math:`z^\top\nabla f_i` with its sign (``"finite-difference"``/``"exact"``).
         same_randomness: run both forward passes of the finite difference from the same random state, so
             that dropout draws the same masks in both (``False`` shows the pitfall: the difference then
             measures the change of masks).
+        radius: deprecated name of ``delta``.
 
     Raises:
-        ValueError: for an unknown ``method`` or ``radius <= 0``.
+        ValueError: for an unknown ``method`` or ``delta <= 0``.
     """
+    if radius is not None:
+        warnings.warn("probe_scores(radius=) is deprecated; call it delta (RW-SAM's probe radius)",
+                      DeprecationWarning, stacklevel=2)
+        delta = radius
+    if method in _OLD_SCORES:
+        warnings.warn(f"method={method!r} is deprecated; use {_OLD_SCORES[method]!r}", DeprecationWarning,
+                      stacklevel=2)
+        method = _OLD_SCORES[method]
     if method not in SCORES:
         raise ValueError(f"method must be one of {', '.join(SCORES)}; got {method!r}")
-    check_nonneg("radius", radius, positive=True)
+    check_nonneg("delta", delta, positive=True)
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     if method == "norm":
         if supports_fast_norms(model):
@@ -211,16 +230,16 @@ def probe_scores(
         return SQRT_2_OVER_PI * sq.sqrt()
     z = probe if probe is not None else rademacher_probe(model)
     z_norm = math.sqrt(sum(float(t.square().sum()) for t in z.values()))
-    if method == "jvp":
+    if method == "exact":
         d = jvp(lambda p: _losses(model, loss_fn, p, x, y, autocast), (params,), (z,))[1]
     else:
-        delta = radius / z_norm
-        moved = {k: v + delta * z[k] for k, v in params.items()}
+        step = delta / z_norm
+        moved = {k: v + step * z[k] for k, v in params.items()}
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             state = _rng_state(x.device)
             plus = _losses(model, loss_fn, moved, x, y, autocast)
             if same_randomness:
                 _set_rng_state(x.device, state)
             d = plus - _losses(model, loss_fn, params, x, y, autocast)
-        d = d * (z_norm / radius)
+        d = d * (z_norm / delta)
     return d if signed else d.abs()

@@ -24,10 +24,11 @@ def test_batch_scores_share_one_probe_and_true_norms() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
     x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
-    b = batch_scores(net, CE, x, y, radius=1e-6)
+    b = batch_scores(net, CE, x, y, delta=1e-6)
     torch.testing.assert_close(b.norms, per_sample_grads(net, CE, x, y).norm(dim=1))
     torch.testing.assert_close(b.scores["norm"], math.sqrt(2 / math.pi) * b.norms)
-    torch.testing.assert_close(b.scores["fd"], b.scores["jvp"], rtol=1e-4, atol=1e-8)  # the same probe
+    # the same probe
+    torch.testing.assert_close(b.scores["finite-difference"], b.scores["exact"], rtol=1e-4, atol=1e-8)
 
 
 def test_weights_grid_titles_report_effective_batch() -> None:

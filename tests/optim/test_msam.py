@@ -40,7 +40,7 @@ def test_m_equal_to_the_batch_is_sam(backend: str, normalize: bool) -> None:
 def test_loop_and_vmap_backends_agree_in_float64(m: int, normalize: bool) -> None:
     a, b = mlp(), mlp()
     opt_a = MSAM(a, sgd(a), rho=0.2, m=m, normalize=normalize, backend="loop")
-    opt_b = MSAM(b, sgd(b), rho=0.2, m=m, normalize=normalize, backend="vmap", vmap_chunk_size=3)
+    opt_b = MSAM(b, sgd(b), rho=0.2, m=m, normalize=normalize, backend="vmap", micro_batches_per_call=3)
     for s in range(3):
         x, y = batch(seed=s)
         sa, sb = opt_a.step(x, y, CE), opt_b.step(x, y, CE)

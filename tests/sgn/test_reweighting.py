@@ -12,6 +12,7 @@ from torch import nn
 from sam_tutorial.curvature.hutchinson import probe_variance
 from sam_tutorial.sgn.per_sample import per_sample_grads
 from sam_tutorial.sgn.reweighting import (
+    SCORES,
     effective_batch,
     gibbs_objective,
     gibbs_value,
@@ -99,15 +100,16 @@ def test_scores_against_per_sample_grads(net_and_batch) -> None:
     z = rademacher_probe(net, torch.Generator().manual_seed(1))
     flat_z = torch.cat([t.flatten() for t in z.values()])
     g = per_sample_grads(net, CE, x, y)
-    torch.testing.assert_close(probe_scores(net, CE, x, y, method="jvp", probe=z, signed=True), g @ flat_z)
+    torch.testing.assert_close(probe_scores(net, CE, x, y, method="exact", probe=z, signed=True), g @ flat_z)
     norms = math.sqrt(2 / math.pi) * g.norm(dim=1)
     torch.testing.assert_close(probe_scores(net, CE, x, y, method="norm"), norms)
     # the finite difference converges to the exact score at first order in the radius
-    fd = [probe_scores(net, CE, x, y, method="fd", probe=z, radius=r, signed=True) for r in (1e-3, 1e-4)]
+    fd = [probe_scores(net, CE, x, y, method="finite-difference", probe=z, delta=r, signed=True)
+          for r in (1e-3, 1e-4)]
     errs = [float((s - g @ flat_z).abs().max()) for s in fd]
     assert errs[0] / errs[1] == pytest.approx(10, rel=0.1)
     params_before = [p.clone() for p in net.parameters()]
-    probe_scores(net, CE, x, y, method="fd", probe=z)
+    probe_scores(net, CE, x, y, method="finite-difference", probe=z)
     assert all(torch.equal(a, b) for a, b in zip(params_before, net.parameters()))
 
 
@@ -118,17 +120,38 @@ def test_fd_score_is_radius_free_of_model_size() -> None:
     x, y = torch.randn(6, 200, dtype=DT), torch.randn(6, 1, dtype=DT)
     loss = lambda out, t: 0.5 * (out - t).square().sum(1)  # noqa: E731
     z = rademacher_probe(net, torch.Generator().manual_seed(2))
-    fd = probe_scores(net, loss, x, y, method="fd", probe=z, radius=1e-6)
-    jv = probe_scores(net, loss, x, y, method="jvp", probe=z)
+    fd = probe_scores(net, loss, x, y, method="finite-difference", probe=z, delta=1e-6)
+    jv = probe_scores(net, loss, x, y, method="exact", probe=z)
     torch.testing.assert_close(fd, jv, rtol=1e-5, atol=1e-8)
 
 
 def test_bad_arguments(net_and_batch) -> None:
     net, x, y = net_and_batch
     with pytest.raises(ValueError, match="method"):
-        probe_scores(net, CE, x, y, method="exact")
-    with pytest.raises(ValueError, match="radius"):
-        probe_scores(net, CE, x, y, radius=0.0)
+        probe_scores(net, CE, x, y, method="forward-mode")
+    with pytest.raises(ValueError, match="delta"):
+        probe_scores(net, CE, x, y, delta=0.0)
+
+
+def test_old_score_names_and_radius_are_deprecated_aliases(net_and_batch) -> None:
+    net, x, y = net_and_batch
+    z = rademacher_probe(net, torch.Generator().manual_seed(1))
+    new = probe_scores(net, CE, x, y, method="finite-difference", probe=z, delta=1e-3)
+    with pytest.warns(DeprecationWarning, match="finite-difference"):
+        old = probe_scores(net, CE, x, y, method="fd", probe=z, delta=1e-3)
+    torch.testing.assert_close(old, new, rtol=0, atol=0)
+    with pytest.warns(DeprecationWarning, match="delta"):
+        old = probe_scores(net, CE, x, y, method="finite-difference", probe=z, radius=1e-3)
+    torch.testing.assert_close(old, new, rtol=0, atol=0)
+    with pytest.warns(DeprecationWarning, match="'exact'"):
+        old = probe_scores(net, CE, x, y, method="jvp", probe=z)
+    torch.testing.assert_close(old, probe_scores(net, CE, x, y, method="exact", probe=z), rtol=0, atol=0)
+
+
+def test_the_scores_are_rwsam_s_own_vocabulary() -> None:
+    from sam_tutorial.optim.rwsam import SCORES as RWSAM_SCORES
+
+    assert set(RWSAM_SCORES) <= set(SCORES) and set(SCORES) - set(RWSAM_SCORES) <= {"norm"}
     with pytest.raises(ValueError, match="lam"):
         gibbs_weights(torch.zeros(3), -1.0)
 
@@ -139,12 +162,12 @@ def test_same_randomness_fixes_dropout() -> None:
     x, y = torch.randn(16, 5, dtype=DT), torch.randint(0, 3, (16,))
     z = rademacher_probe(net, torch.Generator().manual_seed(1))
     torch.manual_seed(7)
-    good = probe_scores(net, CE, x, y, method="fd", probe=z, radius=1e-6, signed=True)
+    good = probe_scores(net, CE, x, y, method="finite-difference", probe=z, delta=1e-6, signed=True)
     torch.manual_seed(7)  # the exact score of the same mask: jvp's single forward draws the first mask
-    exact = probe_scores(net, CE, x, y, method="jvp", probe=z, signed=True)
+    exact = probe_scores(net, CE, x, y, method="exact", probe=z, signed=True)
     torch.testing.assert_close(good, exact, rtol=1e-4, atol=1e-6)
-    bad = probe_scores(net, CE, x, y, method="fd", probe=z, radius=1e-6, same_randomness=False)
+    bad = probe_scores(net, CE, x, y, method="finite-difference", probe=z, delta=1e-6, same_randomness=False)
     assert float(bad.median()) > 1e3 * float(good.abs().median())
     state = torch.get_rng_state()
-    probe_scores(net, CE, x, y, method="fd", probe=z)
+    probe_scores(net, CE, x, y, method="finite-difference", probe=z)
     assert torch.equal(state, torch.get_rng_state())  # the caller's random stream is not advanced
