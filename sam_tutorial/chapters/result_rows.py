@@ -5,7 +5,6 @@ each row follows :data:`sam_tutorial.chapters.scoreboard.RULE`.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
@@ -88,9 +87,9 @@ def _arm(
     return [
         float(r[key])
         for r in study.get(part, [])
-        if r.get("label") == label
-        and key in r
-        and (r["arm"].get("rho") in (rho, None))
+        if r.get("arm") == label
+        and r.get(key) is not None
+        and (r.get("rho") in (rho, 0.0))
         and (noise is None or r.get("noise") == noise)
     ]
 
@@ -101,9 +100,13 @@ _RW_ARMS = {
 }
 
 
-def study_rows(study: Mapping[str, Any] | None, source: str = "results/ch5-rwsam-study.json") -> list[Row]:
+def study_rows(
+    study: Mapping[str, Any] | None, source: str = "results/rw-study-compare-paper.json"
+) -> list[Row]:
     """Chapter 5's recorded study (MLP on MNIST-1D, ρ = 0.05 for every arm): C11 (tr V ordering, the
-    CPU analogue of Table 6), accuracy orderings (Table 1's), label noise (Table 4's), and RW-SAM ≈ m-SAM."""
+    CPU analogue of Table 6), accuracy orderings (Table 1's), label noise (Table 4's), and RW-SAM ≈ m-SAM.
+    ``study`` maps each part (``compare``, ``lambda``, ``noise``) to the rows of its recorded file
+    (:meth:`sam_tutorial.engine.recorded.RecordedFile.rows`)."""
     name = Path(source).name
     if study is None:
         return [
@@ -141,7 +144,7 @@ def study_rows(study: Mapping[str, Any] | None, source: str = "results/ch5-rwsam
             )
         )
         m_arms = sorted(
-            {r["label"] for r in study.get("compare", []) if str(r.get("label", "")).startswith("m-sam-m")},
+            {r["arm"] for r in study.get("compare", []) if str(r.get("arm", "")).startswith("m-sam-m")},
             key=lambda s: -int(s.rsplit("m", 1)[-1]),
         )
         if m_arms:
@@ -212,8 +215,10 @@ def bench_rows(folder: str | Path) -> list[Row]:
     from sam_tutorial.chapters.paper_runs import OVERHEAD_CLAIM
 
     rows = []
+    from sam_tutorial.engine.recorded import read_result
+
     for path in sorted(Path(folder).glob("bench-*.json")):
-        bench = json.loads(path.read_text())
+        bench = read_result(path)
         scale = f"{bench['device'].split(':')[0].upper()} ({bench['model']}, B = {bench['batch']})"
         ratios = bench.get("ratios", {})
         if "rw-sam/sam" in ratios:

@@ -6,7 +6,7 @@ The measured values come from three places, never from typed numbers:
 * small versions of the chapters' own checks, recomputed here through the package
   (:mod:`sam_tutorial.chapters.toy_checks`; claims C1–C9 at toy scale);
 * the recorded results of the chapters (``results/m-sharpness-cnn.json`` of chapter 4,
-  ``results/ch5-rwsam-study.json`` of chapter 5, the benchmarks ``results/bench-*.json``);
+  ``results/rw-study-*-paper.json`` of chapter 5, the benchmarks ``results/bench-*.json``);
 * recorded results of the paper's configurations (``results/table*.json``, see
   :mod:`sam_tutorial.engine.recorded`), loaded only while their configuration hash matches the catalogue.
 
@@ -21,7 +21,6 @@ rows that come from result files.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -220,8 +219,9 @@ def scoreboard(results: str | Path, *, quick: bool = False, toy: bool = True) ->
 
     results = Path(results)
     loaded = load_recorded(results)
-    study_path = results / "ch5-rwsam-study.json"
-    study = json.loads(study_path.read_text()) if study_path.exists() else None
+    parts = {part: loaded.get(f"rw-study-{part}") for part in ("compare", "lambda", "noise")}
+    study = {part: f.rows() for part, f in parts.items() if f is not None} or None
+    study_path = results / "rw-study-compare-paper.json"
     rows = toy_rows(quick) if toy else []
     rows += msharpness_rows(loaded.get("m-sharpness-cnn"))
     rows += study_rows(study, str(study_path))

@@ -98,8 +98,8 @@ def step_values(stats: StepStats, indices: Tensor, mislabelled: Tensor | None = 
     >>> mask = torch.tensor([1.0, 0.0, 1.0, 0.0])
     >>> out = step_values(StepStats(z, z, z, z, z, p), torch.tensor([0, 2, 3]), mask)
     >>> {k: round(float(v), 4) for k, v in out.items()}  # doctest: +NORMALIZE_WHITESPACE
-    {'perturbation_norm': 0.0, 'effective_batch': 2.6667, 'mislabelled_weight': 0.5,
-     'mislabelled_share': 0.3333}
+    {'perturbation_norm': 0.0, 'effective_batch': 2.6667, 'mislabelled_weight': 0.75,
+     'mislabelled_share': 0.6667}
     """
     out = {"perturbation_norm": stats.perturbation_norm.detach().float()}
     weights = stats.weights

@@ -47,7 +47,8 @@ def test_scoreboard_reads_a_results_folder(tmp_path) -> None:
     """A recorded Table 1 file with the catalogue's hashes becomes measured cells; a stale one does not."""
     import json
 
-    from sam_tutorial.engine.recorded import expected_hash, write_recorded
+    from sam_tutorial.engine.record import write_recorded
+    from sam_tutorial.engine.recorded import expected_hash
 
     exp = "table1-resnet18-cifar10"
     recs = [

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sam_tutorial.engine.experiments import register
+from sam_tutorial.engine.catalog.registry import register
 from sam_tutorial.engine.runs import DataSpec, Experiment, RunSpec
 from sam_tutorial.engine.train_config import TrainConfig
 
@@ -64,7 +64,8 @@ def _rw(rho: float, lam: float, descent: str, score: str) -> dict[str, Any]:
 
 
 def _data(quick: bool, noise: float = 0.0) -> DataSpec:
-    return DataSpec("mnist1d", 1000, 500, label_noise=noise) if quick else DataSpec("mnist1d", label_noise=noise)
+    n_train, n_test = (1000, 500) if quick else (None, None)
+    return DataSpec("mnist1d", n_train, n_test, label_noise=noise)
 
 
 def _run(label: str, arm: str, kw: dict[str, Any], quick: bool, metrics: tuple[str, ...],
@@ -147,7 +148,8 @@ def _study_noise(mode: str) -> list[RunSpec]:
         arms[rw_label(descent, score)] = _rw(RW_RHO, RW_LAM, descent, score)
     runs = []
     for noise in ((0.4,) if quick else STUDY_NOISE):
-        runs += [_run(f"{arm}-noise{round(noise * 100)}", arm, kw, quick, (), noise) for arm, kw in arms.items()]
+        runs += [_run(f"{arm}-noise{round(noise * 100)}", arm, kw, quick, (), noise)
+                 for arm, kw in arms.items()]
     return runs
 
 
@@ -162,7 +164,8 @@ register(Experiment(
     "rw-study-compare",
     "SGD, SAM, m-SAM (m=32, 8), RW-SAM {uniform, weighted} x {fd, norm} for rho in {0.05, 0.1, 0.2}",
     _study_compare, STUDY_SEEDS, chapter="05_reweighted_sam",
-    notes=_STUDY_NOTES + " tr V and tr H (Hutchinson, 32 probes) on the first 1000 training samples at the end.",
+    notes=_STUDY_NOTES + " tr V and tr H (Hutchinson, 32 probes) on the first 1000 training samples at the "
+                         "end.",
 ))
 
 register(Experiment(
