@@ -7,9 +7,23 @@
     python -m sam_tutorial run table1-resnet18-cifar10 --mode paper --seed 0 --device cuda --out runs
     python -m sam_tutorial show m-sweep --mode standard  # the cached results as a table
     python -m sam_tutorial bench --device cpu --json bench.json   # step-time ratios of the SAM family
+    python -m sam_tutorial data cifar10                  # fetch, verify and unpack CIFAR-10 for paper mode
 
-Unknown experiment names exit with status 2 and list the valid ones. Installed, the same command is
-``sam-tutorial`` (a console script).
+Installed, the same command is ``sam-tutorial`` (a console script).
+
+Errors go through one funnel, :func:`main`: a handler (or anything it calls) raises, and ``main`` prints
+ONE line ``error: ...`` on stderr, without a traceback, and returns
+
+- **2** for a usage error, as argparse does: a bad flag or value (argparse's own errors included), an
+  unknown experiment name (the line lists the valid ones), a bad environment variable, an unusable
+  path, a missing extra -- i.e. :class:`sam_tutorial.config.UserError`, any ``ValueError`` of the
+  package's argument checks, :class:`sam_tutorial.config.MissingExtra`, and ``OSError`` on a path the
+  user named;
+- **1** for a file on disk that is missing or broken (a result, checkpoint or data file; the line names
+  it and says what to do).
+
+A new subcommand adds a row to :data:`SUBCOMMANDS` and raises ``UserError("--flag ...: what to do")``
+for its own usage errors; it needs no ``try``/``print`` of its own.
 """
 
 from __future__ import annotations
@@ -17,12 +31,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from sam_tutorial import config
+from sam_tutorial.config import MissingExtra, UserError
 
-__all__ = ["SUBCOMMANDS", "main"]
+__all__ = ["SUBCOMMANDS", "UserError", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors go through :func:`main`'s funnel (one ``error:`` line, status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
 def _experiment_name(parser: argparse.ArgumentParser) -> None:
@@ -35,13 +58,12 @@ def _experiment_name(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: $SAM_TUTORIAL_RUNS or ./runs)")
 
 
-def _unknown(name: str) -> int:
+def _check_name(name: str) -> None:
     from sam_tutorial.engine.experiments import EXPERIMENTS
 
-    print(f"error: unknown experiment {name!r}. Valid names:", file=sys.stderr)
-    for valid in EXPERIMENTS:
-        print(f"  {valid}", file=sys.stderr)
-    return 2
+    if name not in EXPERIMENTS:
+        raise UserError(f"unknown experiment {name!r}; valid names: {', '.join(EXPERIMENTS)} "
+                        "(descriptions: `python -m sam_tutorial list`)")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -68,19 +90,16 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from sam_tutorial.engine import distributed
-    from sam_tutorial.engine.experiments import EXPERIMENTS, run_experiment
+    from sam_tutorial.engine.experiments import run_experiment
 
-    if args.name not in EXPERIMENTS:
-        return _unknown(args.name)
-    try:  # every usage error before anything is written (no result, checkpoint or lock file)
-        device = config.check_device("--device", args.device) if args.device is not None else config.device()
-        mode = args.mode or config.mode()
-        seeds = _seeds(args)
-        out = _out(args)
-        world = distributed.launched_world_size()
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # every usage error before anything is written (no result, checkpoint or lock file)
+    _check_name(args.name)
+    device = config.check_device("--device", args.device) if args.device is not None else config.device()
+    mode = args.mode or config.mode()
+    seeds = _seeds(args)
+    out = _out(args)
+    data_root = _data_root(args)
+    world = distributed.launched_world_size()
     ctx = None
     if world > 1:  # under torchrun: one process per device; rank 0 alone writes results and prints
         ctx = distributed.init_from_env(device=device.type)
@@ -91,12 +110,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"# {args.name}: mode={mode} device={device}{size} torch={torch.__version__}",
                   file=sys.stderr)
         result = run_experiment(args.name, mode=mode, seeds=seeds, out=out, device=device,
-                                progress=not args.no_progress, data_root=args.data_root, ctx=ctx)
+                                progress=not args.no_progress, data_root=data_root, ctx=ctx)
         if ctx is None or ctx.is_main:
             print(result.table())
-    except _file_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     finally:
         if ctx is not None:
             distributed.destroy()
@@ -104,7 +120,23 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _seeds(args: argparse.Namespace) -> list[int] | None:
-    return None if args.seed is None else [config.check_seed("--seed", s) for s in args.seed]
+    if args.seed is None:
+        return None
+    seeds = [config.check_seed("--seed", s) for s in args.seed]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UserError(f"--seed {', '.join(map(str, repeated))} given more than once; a seed counts once "
+                        "in every mean: give each seed once")
+    return seeds
+
+
+def _data_root(args: argparse.Namespace) -> str | None:
+    root = getattr(args, "data_root", None)
+    if root is not None and not root.strip():
+        raise UserError("--data-root '' names no folder (it would put the data cache in the working "
+                        "directory); give a folder, or leave the flag out for $SAM_TUTORIAL_DATA or "
+                        "~/.cache/sam_tutorial")
+    return root
 
 
 def _out(args: argparse.Namespace) -> str | None:
@@ -115,27 +147,24 @@ def _out(args: argparse.Namespace) -> str | None:
 
 
 def _file_errors() -> tuple[type[Exception], ...]:
+    """A file on disk missing or broken: exit status 1 (the message names the file)."""
     from sam_tutorial.engine.storage import CheckpointError, DataFileError, ResultFileError
 
     return FileNotFoundError, DataFileError, CheckpointError, ResultFileError
 
 
-def _show(args: argparse.Namespace) -> int:
-    from sam_tutorial.engine.experiments import EXPERIMENTS, load_results
+USAGE_ERRORS: tuple[type[Exception], ...] = (ValueError, MissingExtra, OSError)
+"""Exit status 2: ``UserError`` and the package's other argument checks (``ValueError``), a missing
+extra, a path the user named that cannot be used (``OSError``: permission, not a folder, ...)."""
 
-    if args.name not in EXPERIMENTS:
-        return _unknown(args.name)
-    try:
-        seeds, out = _seeds(args), _out(args)
-        mode = args.mode or config.mode()
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        result = load_results(args.name, mode=mode, seeds=seeds, out=out)
-    except _file_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+
+def _show(args: argparse.Namespace) -> int:
+    from sam_tutorial.engine.experiments import load_results
+
+    _check_name(args.name)
+    seeds, out = _seeds(args), _out(args)
+    mode = args.mode or config.mode()
+    result = load_results(args.name, mode=mode, seeds=seeds, out=out)
     exp = result.experiment
     print(f"# {exp.name} ({result.mode} mode): {exp.description}")
     if exp.notes:
@@ -168,14 +197,36 @@ def _bench(args: argparse.Namespace) -> int:
     from sam_tutorial.engine import bench
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        raise UserError("--device cuda but CUDA is not available on this machine; use --device cpu")
+    bench.main(device=args.device, model=args.model, batch=args.batch, json_path=args.json,
+               rounds=args.rounds)
+    return 0
+
+
+def _configure_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", choices=("cifar10", "cifar100"), help="the data set to fetch")
+    parser.add_argument("--data-root", default=None,
+                        help="data folder (default: $SAM_TUTORIAL_DATA or ~/.cache/sam_tutorial)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _data(args: argparse.Namespace) -> int:
+    from sam_tutorial.engine.cifar import cifar_present, download_cifar
+    from sam_tutorial.engine.data import data_root
+    from sam_tutorial.engine.download import DownloadError
+
+    folder = data_root(args.data_root)
+    if folder.exists() and not folder.is_dir():
+        print(f"error: --data-root {folder} is a file; give a folder", file=sys.stderr)
         return 2
+    present = cifar_present(args.name, folder)
     try:
-        bench.main(device=args.device, model=args.model, batch=args.batch, json_path=args.json,
-                   rounds=args.rounds)
-    except ValueError as err:
+        where = download_cifar(args.name, folder, progress=not args.no_progress)
+    except DownloadError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 1
+    done = "already in" if present else "downloaded, checksum verified, unpacked into"
+    print(f"{args.name}: {done} {where}")
     return 0
 
 
@@ -185,20 +236,40 @@ SUBCOMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Ha
     ("show", "print the cached results of an experiment as a table", _experiment_name, _show),
     ("bench", "time one step of every optimizer of the family; print ratios (sam/sgd, ...)",
      _configure_bench, _bench),
+    ("data", "fetch a data set of the paper mode (CIFAR-10/100): verified, resumable, unpacked safely",
+     _configure_data, _data),
 )
 """(name, help, add its arguments, handler) of each subcommand, in the order ``--help`` lists them."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand and return its exit status."""
-    parser = argparse.ArgumentParser(prog="python -m sam_tutorial", description=__doc__.splitlines()[0])
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand and return its exit status.
+
+    The error funnel of the module docstring: a usage error is one ``error:`` line and status 2, a
+    missing or broken file one ``error:`` line and status 1; ``--help`` exits 0 as usual.
+    """
+    parser = _Parser(prog="python -m sam_tutorial", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text, configure, handler in SUBCOMMANDS:
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         configure(sub_parser)
         sub_parser.set_defaults(handler=handler)
-    args = parser.parse_args(argv)
-    status: int = args.handler(args)
+    try:
+        args = parser.parse_args(argv)
+        status: int = args.handler(args)
+    except _file_errors() as err:
+        return _error(err, 1)
+    except USAGE_ERRORS as err:
+        return _error(err, 2)
+    return status
+
+
+def _error(err: BaseException, status: int) -> int:
+    """Print ``err`` as one line ``error: ...`` on stderr and return ``status``."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in message:
+        message = f"{err.filename}: {message}"
+    print(f"error: {message}", file=sys.stderr)
     return status
 
 

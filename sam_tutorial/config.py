@@ -51,7 +51,9 @@ __all__ = [
     "Budget",
     "Inputs",
     "LossFn",
+    "MissingExtra",
     "Mode",
+    "UserError",
     "as_tuple",
     "banner",
     "budget",
@@ -94,6 +96,20 @@ NOTEBOOK_SECONDS: Mapping[str, float | None] = MappingProxyType(
 """Wall-clock budget of one notebook per mode on 2 CPU cores (``None``: no limit)."""
 
 
+class UserError(ValueError):
+    """A mistake in what the user gave (an argument, a flag, an environment variable, a path).
+
+    A ``ValueError``, so code that catches those keeps working; the command line
+    (:mod:`sam_tutorial.__main__`) prints it as one line ``error: ...`` and exits with status 2, without
+    a traceback. Its message names the input and what to do.
+    """
+
+
+class MissingExtra(ImportError):
+    """An optional dependency is not installed; the message names the extra that provides it
+    (the command line prints it as one ``error:`` line, status 2)."""
+
+
 def mode() -> Mode:
     """Return the current mode, read from ``SAM_TUTORIAL_MODE`` (default ``"standard"``).
 
@@ -104,7 +120,7 @@ def mode() -> Mode:
     if not value:
         return DEFAULT_MODE
     if value not in MODES:
-        raise ValueError(
+        raise UserError(
             f"{MODE_ENV}={os.environ[MODE_ENV]!r} is not a valid mode; "
             f"accepted values: {', '.join(MODES)} (unset means {DEFAULT_MODE!r})"
         )
@@ -136,9 +152,9 @@ def check_device(name: str, value: object) -> torch.device:
     try:
         dev = value if isinstance(value, torch.device) else torch.device(value)  # type: ignore[call-overload]
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"{name}={value!r} is not a torch device; {accepted}") from err
+        raise UserError(f"{name}={value!r} is not a torch device; {accepted}") from err
     if dev.type == "meta":
-        raise ValueError(f"{name}={value!r}: the meta device holds no data and cannot train; {accepted}")
+        raise UserError(f"{name}={value!r}: the meta device holds no data and cannot train; {accepted}")
     available = {
         "cpu": True,
         "cuda": torch.cuda.is_available(),
@@ -147,10 +163,10 @@ def check_device(name: str, value: object) -> torch.device:
     }
     if not available.get(dev.type, False):
         have = ", ".join(k for k, v in available.items() if v)
-        raise ValueError(f"{name}={value!r} but {dev.type.upper()} is not available on this machine "
+        raise UserError(f"{name}={value!r} but {dev.type.upper()} is not available on this machine "
                          f"(available: {have}); {accepted}")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"{name}={value!r} but this machine has {torch.cuda.device_count()} CUDA device(s) "
+        raise UserError(f"{name}={value!r} but this machine has {torch.cuda.device_count()} CUDA device(s) "
                          f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
     return dev
 
@@ -295,7 +311,7 @@ def check_int(name: str, value: object, low: int = 1) -> int:
     3
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
     return value
 
 
@@ -311,9 +327,9 @@ def check_nonneg(name: str, value: object, *, positive: bool = False, below: flo
     if not math.isfinite(number) or number < 0 or (positive and number == 0) or (below is not None
                                                                                    and number >= below):
         if below is not None:
-            raise ValueError(f"{name} must be a finite number in {'(' if positive else '['}0, {below:g}), "
+            raise UserError(f"{name} must be a finite number in {'(' if positive else '['}0, {below:g}), "
                              f"got {value!r}")
-        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
+        raise UserError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
     return number
 
 
@@ -325,7 +341,7 @@ def check_bool(name: str, value: object) -> bool:
     False
     """
     if not isinstance(value, bool | np.bool_):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
+        raise UserError(f"{name} must be True or False, got {value!r}")
     return bool(value)
 
 
@@ -337,7 +353,7 @@ def check_seed(name: str, value: object) -> int:
     7
     """
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value < 2**32:
-        raise ValueError(f"{name} must be an integer in [0, 2**32), got {value!r}")
+        raise UserError(f"{name} must be an integer in [0, 2**32), got {value!r}")
     return int(value)
 
 
@@ -381,7 +397,7 @@ def require(module: str, extra: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise ImportError(
+        raise MissingExtra(
             f"{module.split('.')[0]} is not installed; it comes with the {extra!r} extra: "
             f'pip install "sam_tutorial[{extra}]"'
         ) from err

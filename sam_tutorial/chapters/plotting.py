@@ -10,6 +10,8 @@ the variants of the SAM family always get the same colour (:data:`COLORS`), so a
 >>> fig, axes = figure(ncols=2)
 >>> len(axes)
 2
+>>> color("m-sam-m16") == color("m-SAM") == COLORS["m-sam"]
+True
 """
 
 
@@ -24,23 +26,14 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from sam_tutorial.optim.variants import REGISTRY
+
 __all__ = ["COLORS", "STYLE", "color", "figure", "mean_band", "shade", "use_style"]
 
 
-COLORS: dict[str, str] = {
-    "sgd": "#4d4d4d",
-    "gd": "#4d4d4d",
-    "sam": "#1f77b4",
-    "usam": "#6baed6",
-    "asam": "#17becf",
-    "n-sam": "#9467bd",
-    "n-usam": "#c5b0d5",
-    "m-sam": "#d62728",
-    "m-usam": "#ff9896",
-    "rw-sam": "#2ca02c",
-    "rw-usam": "#98df8a",
-}
-"""A fixed colour per variant (keys are lower-case names, with or without the hyphen)."""
+COLORS: dict[str, str] = {"gd": REGISTRY["sgd"].color, **{name: v.color for name, v in REGISTRY.items()}}
+"""A fixed colour per variant, read from the variant registry (:data:`sam_tutorial.optim.variants.REGISTRY`;
+``gd``, full-batch gradient descent, shares SGD's)."""
 
 
 STYLE: dict[str, Any] = {
@@ -66,11 +59,13 @@ def use_style() -> None:
 
 
 def color(name: str) -> str:
-    """The colour of a variant by name (``"SAM"``, ``"m-SAM"``, ``"m-sam-m16"`` ...); grey if unknown."""
+    """The colour of a variant by name or label (``"SAM"``, ``"m-SAM"``, ``"m-sam-m16"``, ``"rw-sam (λ=1)"``:
+    the longest variant name the text starts with); grey if it starts with none."""
     key = name.lower()
-    for prefix in sorted(COLORS, key=len, reverse=True):
+    colors = {**COLORS, **{n: v.color for n, v in REGISTRY.items()}}  # and variants registered since import
+    for prefix in sorted(colors, key=len, reverse=True):
         if key.startswith(prefix):
-            return COLORS[prefix]
+            return colors[prefix]
     return "#7f7f7f"
 
 

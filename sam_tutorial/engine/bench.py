@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import platform
 import statistics
 import time
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 
 from sam_tutorial.engine import cost
 from sam_tutorial.engine.cost import Factory
-from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM
+from sam_tutorial.optim.variants import REGISTRY, label
 
 __all__ = [
     "CE",
@@ -55,27 +56,31 @@ CE = nn.CrossEntropyLoss(reduction="none")
 
 
 def variants(
-    batch: int, ms: tuple[int, ...], backends: tuple[str, ...], nsam_data: tuple[Tensor, Tensor]
+    batch_size: int, ms: tuple[int, ...], backends: tuple[str, ...], nsam_data: tuple[Tensor, Tensor]
 ) -> dict[str, Factory]:
-    """The optimizers to time, by name (``m-sam-m{m}-{backend}`` for every m dividing ``batch``)."""
-    out: dict[str, Factory] = {
-        "sgd": lambda m, b: SAM(m, b, rho=0.0),
-        "sam": lambda m, b: SAM(m, b, rho=0.05),
-        "usam": lambda m, b: SAM(m, b, rho=0.05, normalize=False),
-        "n-sam": lambda m, b: NSAM(m, b, rho=0.05, data=nsam_data, chunk_size=batch),
-        "rw-sam": lambda m, b: RWSAM(m, b, rho=0.05, lam=1.0, seed=0),
-        "rw-sam-exact": lambda m, b: RWSAM(m, b, rho=0.05, lam=1.0, score="exact", seed=0),
-    }
-    for m in ms:
-        if batch % m:
+    """The optimizers to time, by label, read from the variant registry (``optim.variants.REGISTRY``):
+    every variant marked ``benchmark`` at rho = 0.05, once per example configuration (``rw-sam``,
+    ``rw-sam-exact``), the variants with a micro-batch size as ``m-sam-m{m}-{backend}`` for every m of
+    ``ms`` dividing ``batch_size``; a variant that takes ``data`` gets ``nsam_data``."""
+    out: dict[str, Factory] = {}
+    for v in REGISTRY.values():
+        if not v.benchmark:
             continue
-        for backend in backends:
-            out[f"m-sam-m{m}-{backend}"] = functools.partial(_msam, m=m, backend=backend)
+        if "m" in v.settings:
+            for m in ms:
+                if batch_size % m == 0:
+                    for backend in backends:
+                        out[label(v.name, m=m, backend=backend)] = functools.partial(
+                            v.make, rho=0.05, m=m, backend=backend)
+            continue
+        extra: dict[str, Any] = {}
+        if "data" in v.settings:
+            extra["data"] = nsam_data
+            if "chunk_size" in inspect.signature(v.cls.__init__).parameters:
+                extra["chunk_size"] = batch_size
+        for suffix, settings in v.examples.items():
+            out[v.label(suffix)] = functools.partial(v.make, rho=0.05, **settings, **extra)
     return out
-
-
-def _msam(model: nn.Module, base: torch.optim.Optimizer, *, m: int, backend: str) -> MSAM:
-    return MSAM(model, base, rho=0.05, m=m, backend=backend)
 
 
 def _with_sgd_base(factory: Factory) -> Callable[[nn.Module], Any]:

@@ -3,8 +3,10 @@ arrays and plain data only, so a crafted file cannot run code; every inconsisten
 match their images, float pixels, a file of the other CIFAR, a truncated file) is a
 :class:`~sam_tutorial.engine.storage.DataFileError` that names the file and what to do.
 
-Nothing is downloaded: put ``cifar-10-batches-py/`` or ``cifar-100-python/`` (from the archives at the
-``url`` of each entry of ``_CIFAR``) in the data folder (:func:`sam_tutorial.engine.data.data_root`).
+:func:`download_cifar` (``load_dataset("cifar10", download=True)``, ``sam-tutorial data cifar10``) fetches the
+official archive, checks its published MD5, resumes an interrupted download and unpacks it safely
+(:mod:`sam_tutorial.engine.download`); or put ``cifar-10-batches-py/`` or ``cifar-100-python/`` in the data
+folder (:func:`sam_tutorial.engine.data.data_root`) yourself.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import Tensor
 from sam_tutorial.config import DATA_ENV
 from sam_tutorial.engine.storage import DataFileError
 
-__all__ = ["CIFAR_MEAN", "CIFAR_STD", "SafeUnpickler", "safe_load_pickle"]
+__all__ = ["CIFAR_MEAN", "CIFAR_STD", "SafeUnpickler", "cifar_present", "download_cifar", "safe_load_pickle"]
 
 
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4867, 0.4408)}
@@ -38,6 +40,7 @@ _CIFAR: dict[str, dict[str, Any]] = {
         labels="labels",
         classes=10,
         url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        md5="c58f30108f718f92721af3b95e74349a",  # published by the data set's authors
     ),
     "cifar100": dict(
         folder="cifar-100-python",
@@ -46,8 +49,61 @@ _CIFAR: dict[str, dict[str, Any]] = {
         labels="fine_labels",
         classes=100,
         url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        md5="eb9058c3a382ffc7106e4002c42a8d85",
     ),
 }
+
+
+# ----------------------------------------------------------------------------- download
+def cifar_present(name: str, folder: str | os.PathLike[str]) -> bool:
+    """Whether every training and test file of ``name`` is in ``folder`` (the data folder)."""
+    spec = _CIFAR[name]
+    base = Path(folder) / str(spec["folder"])
+    return all((base / f).is_file() for f in [*spec["train"], *spec["test"]])
+
+
+def download_cifar(name: str, folder: str | os.PathLike[str], *, url: str | None = None,
+                   md5: str | None = None, progress: bool = True) -> Path:
+    """Fetch and unpack CIFAR ``name`` into ``folder`` unless it is there already.
+
+    The archive is downloaded to ``folder`` (resumed if a ``.part`` of it is there), checked against the
+    published MD5, unpacked all-or-nothing with no member allowed outside ``folder``, checked for every
+    expected file, and deleted.
+
+    Args:
+        name: ``"cifar10"`` or ``"cifar100"``.
+        folder: the data folder; the images end up in ``folder/cifar-10-batches-py`` or
+            ``folder/cifar-100-python``.
+        url, md5: another source of the same archive and its checksum (default: the official ones).
+        progress: show a progress bar.
+
+    Returns:
+        The folder that holds the extracted files.
+
+    Raises:
+        ValueError: for a name that is not a CIFAR.
+        sam_tutorial.engine.download.DownloadError: when the download fails, its checksum differs, or the
+            archive has an unsafe member or lacks an expected file.
+    """
+    from sam_tutorial.engine.download import DownloadError, extract_tar, fetch
+
+    if name not in _CIFAR:
+        raise ValueError(f"name must be one of {', '.join(_CIFAR)}; got {name!r}")
+    spec = _CIFAR[name]
+    folder = Path(folder)
+    base = folder / str(spec["folder"])
+    if cifar_present(name, folder):
+        return base
+    source = url or str(spec["url"])
+    archive = folder / Path(str(spec["url"])).name
+    fetch(source, archive, md5=md5 or str(spec["md5"]), progress=progress)
+    extract_tar(archive, folder)
+    if not cifar_present(name, folder):
+        missing = [f for f in [*spec["train"], *spec["test"]] if not (base / f).is_file()]
+        raise DownloadError(f"{source} unpacked into {folder}, but {base} lacks {', '.join(missing)}; is it "
+                            f"the {name} archive?")
+    archive.unlink()
+    return base
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -173,7 +229,8 @@ def _cifar(name: str, folder: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor
         raise FileNotFoundError(
             f"{name}: missing {', '.join(missing)} in {base}. Download {spec['url']} and extract it into "
             f"{folder} (so that {base} exists), or point root= / ${DATA_ENV} at the folder that holds "
-            f"{spec['folder']}. Nothing is downloaded automatically."
+            f"{spec['folder']}, or let load_dataset({name!r}, download=True) or `sam-tutorial data {name}` "
+            "fetch it."
         )
     mean = torch.tensor(CIFAR_MEAN[name]).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR_STD[name]).view(1, 3, 1, 1)

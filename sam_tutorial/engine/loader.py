@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sam_tutorial.config import check_device, check_int, check_seed
+from sam_tutorial.config import check_bool, check_device, check_int, check_seed
 
 __all__ = ["BatchLoader", "crop_flip"]
 
@@ -122,6 +122,8 @@ class BatchLoader:
             raise ValueError(f"targets must be one label per sample, shape [N]; got {tuple(targets.shape)}")
         if len(inputs) != len(targets):
             raise ValueError(f"inputs has {len(inputs)} samples but targets has {len(targets)}")
+        for name, flag in (("shuffle", shuffle), ("drop_last", drop_last), ("augment", augment)):
+            check_bool(name, flag)  # "False" is true in Python: refused, not read as True
         check_int("padding", padding, low=0)
         check_seed("seed", seed)
         check_int("batch_size", batch_size)

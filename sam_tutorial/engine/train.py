@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,10 @@ from sam_tutorial.engine.storage import (
 from sam_tutorial.engine.train_config import Metric, TrainConfig, _Cosine, cross_entropy, make_optimizer
 from sam_tutorial.optim import PerturbedOptimizer, StepStats
 
-__all__ = ["STEP_METRICS", "FitResult", "StepMetric", "builtin_metrics", "evaluate", "fit", "step_values"]
+__all__ = [
+    "STEP_METRICS", "FitResult", "StepMetric", "builtin_metrics", "evaluate", "fit", "split_validation",
+    "step_values",
+]
 
 
 STEP_METRICS: dict[str, str] = {
@@ -168,6 +171,32 @@ def evaluate(
     return (loss / n, correct[0] / n, *(correct[1:] / n))
 
 
+def split_validation(data: Dataset, fraction: float) -> tuple[Dataset, tuple[Tensor, ...]]:
+    """Hold out the last ``round(fraction * N)`` training samples as a validation split.
+
+    Returns:
+        The data set without them (its ``clean_train_targets`` cut alike) and ``(inputs, labels)`` of the
+        split, plus its clean labels when the data carry label noise (the labels a practitioner has are
+        the noisy ones; the clean ones are kept only to report).
+
+    Raises:
+        ValueError: if the split or the remaining training set would be empty.
+    """
+    n = len(data.train[1])
+    n_val = round(fraction * n)
+    if not 0 < n_val < n:
+        raise ValueError(f"val_fraction={fraction} holds out {n_val} of the {n} training samples; choose it "
+                         "so that both the validation split and the training set are non-empty")
+    x, y = data.train
+    cut = n - n_val
+    rest = replace(data, train=(x[:cut], y[:cut]), clean_train_targets=data.clean_train_targets[:cut],
+                   info={**data.info, "n_train": cut, "n_val": n_val})
+    val: tuple[Tensor, ...] = (x[cut:], y[cut:])
+    if data.label_noise > 0:
+        val += (data.clean_train_targets[cut:],)
+    return rest, val
+
+
 def builtin_metrics(config: TrainConfig, data: Dataset, device: torch.device) -> dict[str, Metric]:
     """Hooks for ``config.metrics`` on the first ``config.metric_samples`` training samples.
 
@@ -250,6 +279,9 @@ def fit(
         ctx = None  # one process
     _check_arguments(model, data, config, seed)
     _check_world(config, ctx)
+    val: tuple[Tensor, ...] = ()
+    if config.val_fraction > 0:
+        data, val = split_validation(data, config.val_fraction)
     device = check_device("device", device) if device is not None else next(model.parameters()).device
     model.to(device)
     hooks = builtin_metrics(config, data, device)
@@ -268,7 +300,7 @@ def fit(
             "metrics": sorted(hooks),
             **({"world_size": ctx.world_size, "scope": config.scope} if ctx is not None else {}),
         })
-    loop = _Loop(model, data, config, seed, device, hooks, ctx, step_hooks)
+    loop = _Loop(model, data, config, seed, device, hooks, ctx, val, step_hooks)
     start = loop.resume(checkpoint, fingerprint, init_state)
     bar = tqdm(total=config.epochs * loop.steps, initial=start * loop.steps, desc=desc,
                disable=not (progress and main), leave=False, dynamic_ncols=True)
@@ -341,7 +373,7 @@ class _Loop:
     """The state of one run of :func:`fit`: loader, optimizer, schedule, history; one method per phase."""
 
     def __init__(self, model: nn.Module, data: Dataset, config: TrainConfig, seed: int, device: torch.device,
-                 hooks: dict[str, Metric], ctx: DistContext | None,
+                 hooks: dict[str, Metric], ctx: DistContext | None, val: tuple[Tensor, ...] = (),
                  step_hooks: Mapping[str, StepMetric] | None = None) -> None:
         self.net = model  # the plain module: evaluated, checkpointed and returned
         self.config, self.hooks, self.ctx, self.device = config, hooks, ctx, device
@@ -358,11 +390,13 @@ class _Loop:
         noisy = bool(data.label_noise > 0)
         self.history: dict[str, Any] = {k: [] for k in (
             "epoch", "lr", "train_loss", "train_acc", *(["train_acc_clean"] if noisy else []),
-            "test_loss", "test_acc", "skipped", "seconds")}
+            "test_loss", "test_acc", *(["val_loss", "val_acc"] if val else []),
+            *(["val_acc_clean"] if len(val) > 2 else []), "skipped", "seconds")}
         self.history["metrics"] = {"epoch": [], **{name: [] for name in hooks}}
         self.history["step"] = {}
         self.mislabelled = data.noisy.to(device).float() if noisy else None
         self.test_x, self.test_y = data.test[0].to(device), data.test[1].to(device)
+        self.val = tuple(t.to(device) for t in val)
         self.train_targets: tuple[Tensor, ...] = (self.loader.targets,)
         if noisy:
             self.train_targets += (data.clean_train_targets.to(device),)
@@ -449,6 +483,9 @@ class _Loop:
         bs = self.config.eval_batch_size
         test_loss, test_acc = evaluate(self.net, self.test_x, self.test_y, batch_size=bs)
         tracked.update(test_loss=test_loss, test_acc=test_acc)
+        if self.val:
+            tracked.update(zip(("val_loss", "val_acc", "val_acc_clean"),
+                               evaluate(self.net, self.val[0], self.val[1:], bs)))
         if self.config.eval_train:
             accs = evaluate(self.net, self.loader.inputs, self.train_targets, bs)[1:]
             tracked.update(zip(("train_acc", "train_acc_clean"), accs))

@@ -21,30 +21,45 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sam_tutorial.config import check_bool, check_int, check_nonneg
 from sam_tutorial.engine.data import Dataset
-from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM, PerturbedOptimizer
+from sam_tutorial.optim import PerturbedOptimizer
 from sam_tutorial.optim.base import SCOPES
+from sam_tutorial.optim.variants import REGISTRY
 
 __all__ = ["METRICS", "Metric", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "cross_entropy", "make_optimizer"]
 
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "sam", "usam", "n-sam", "m-sam", "rw-sam")
-"""``optimizer`` values of :class:`TrainConfig`; ``sgd`` is SAM with rho = 0 (one pass)."""
+OPTIMIZERS: tuple[str, ...] = tuple(REGISTRY)
+"""``optimizer`` values of :class:`TrainConfig`: every variant of :data:`sam_tutorial.optim.variants.REGISTRY`
+(``sgd`` is SAM with rho = 0, one pass)."""
 
 
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 
 
-_CLASSES: dict[str, type[PerturbedOptimizer]] = {
-    "sgd": SAM, "sam": SAM, "usam": SAM, "n-sam": NSAM, "m-sam": MSAM, "rw-sam": RWSAM}
-"""The class :func:`make_optimizer` builds for each ``optimizer``."""
+_FIELD_SETTINGS = ("m", "lam", "delta")
+"""Variant settings that are fields of :class:`TrainConfig` (any other setting goes in ``options``)."""
+_NEEDS = {"m": "an integer >= 1 dividing batch_size", "lam": ">= 0", "delta": "> 0"}
 
 
-_COMMON = {"self", "model", "base", "rho"}
-_SET_BY_CONFIG: dict[str, set[str]] = {
-    "sgd": _COMMON, "sam": _COMMON, "usam": _COMMON | {"normalize"},
-    "n-sam": _COMMON | {"data", "chunk_size"}, "m-sam": _COMMON | {"m"},
-    "rw-sam": _COMMON | {"lam", "delta", "seed"}}
-"""Keyword arguments :func:`make_optimizer` fills from the configuration (not accepted in ``options``)."""
+def _owners(setting: str) -> tuple[str, ...]:
+    """The optimizers that take ``setting`` (``nsam_samples`` belongs to those that take ``data``)."""
+    key = "data" if setting == "nsam_samples" else setting
+    return tuple(name for name, v in REGISTRY.items() if key in v.settings)
+
+
+def _accepts(name: str, keyword: str) -> bool:
+    return keyword in inspect.signature(REGISTRY[name].cls.__init__).parameters
+
+
+def _set_by_config(name: str) -> set[str]:
+    """Keyword arguments :func:`make_optimizer` fills from the configuration (not accepted in ``options``)."""
+    v = REGISTRY[name]
+    out = {"self", "model", "base", "rho", *v.fixed, *(s for s in v.settings if s in _FIELD_SETTINGS)}
+    if "data" in v.settings:
+        out |= {"data", "chunk_size"}
+    if _accepts(name, "seed"):
+        out.add("seed")
+    return out
 
 
 METRICS: tuple[str, ...] = ("trace_V", "sharpness", "trace_H")
@@ -70,9 +85,9 @@ class TrainConfig:
     Attributes:
         optimizer: one of :data:`OPTIMIZERS`.
         rho: SAM radius (must be 0 for ``sgd``).
-        m: micro-batch size of ``m-sam`` (must divide ``batch_size``).
+        m: micro-batch size of ``m-sam`` and ``m-usam`` (must divide ``batch_size``).
         lam: RW-SAM inverse temperature λ.
-        delta: RW-SAM's probe radius ‖w⁺ − w‖ (a radius, valid for any model size; 0.01 is typical).
+        delta: RW-SAM's probe radius δ = ‖w⁺ − w‖ (a radius, valid for any model size; 0.01 is typical).
         options: further keyword arguments of the optimizer class (e.g. ``backend`` for m-SAM,
             ``normalize_probe`` or ``weighted_descent`` for RW-SAM, ``normalize`` for any).
         epochs: passes over the training set.
@@ -92,14 +107,18 @@ class TrainConfig:
             0 means before training; empty means after the last epoch only.
         metric_samples: training samples (the first ones) the built-in metrics use.
         sharpness_rho: radius of the ``sharpness`` metric.
-        nsam_samples: training samples (the first ones) whose gradient builds n-SAM's perturbation
-            (``None``: all).
+        nsam_samples: training samples (the first ones) whose gradient builds the perturbation of
+            ``n-sam`` and ``n-usam`` (``None``: all).
         scope: where the perturbation comes from when :func:`~sam_tutorial.engine.train.fit` runs on several
             processes (``ctx=``, e.g. under torchrun): ``"local"`` perturbs with each rank's own gradient,
             i.e. m-SAM with m = the per-rank batch ``batch_size / world_size``; ``"global"`` with the
             all-reduced gradient, i.e. SAM on the global batch of ``batch_size``. Ignored in a single
-            process; ``m-sam`` accepts ``"local"`` only. Left out of :meth:`to_dict` when ``"local"``,
-            so the cache keys of existing runs do not change.
+            process; ``m-sam`` and ``m-usam`` accept ``"local"`` only. Left out of :meth:`to_dict` when
+            ``"local"``, so the cache keys of existing runs do not change.
+        val_fraction: the fraction of the training set (its last samples, with the labels they carry)
+            held out as a validation split: not trained on, evaluated after every epoch (``val_loss``,
+            ``val_acc``; ``val_acc_clean`` with label noise), so hyper-parameters can be chosen without
+            the test set. 0 (the default) holds out nothing and is left out of :meth:`to_dict`.
     """
 
     optimizer: str = "sgd"
@@ -125,6 +144,7 @@ class TrainConfig:
     sharpness_rho: float = 0.05
     nsam_samples: int | None = None
     scope: str = "local"
+    val_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.options, Mapping):
@@ -139,7 +159,7 @@ class TrainConfig:
         for e in self.metric_epochs:
             check_int("metric_epochs entries", e, low=0)
         object.__setattr__(self, "metric_epochs", tuple(sorted(set(self.metric_epochs))))
-        for name, accepted in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("scope", SCOPES)):
+        for name, accepted in (("optimizer", tuple(REGISTRY)), ("schedule", SCHEDULES), ("scope", SCOPES)):
             value = getattr(self, name)
             if not isinstance(value, str) or value not in accepted:
                 raise ValueError(f"{name} must be one of {', '.join(accepted)}; got {value!r}")
@@ -149,6 +169,7 @@ class TrainConfig:
         for name in ("rho", "lr", "weight_decay", "sharpness_rho"):
             check_nonneg(name, getattr(self, name))
         check_nonneg("momentum", self.momentum, below=1)
+        check_nonneg("val_fraction", self.val_fraction, below=1)
         for name in ("nesterov", "augment", "eval_train"):
             check_bool(name, getattr(self, name))
         self._check_variant()
@@ -166,48 +187,55 @@ class TrainConfig:
     def _check_variant(self) -> None:
         """The settings of one variant (m, lam, delta, nsam_samples, options) belong to that variant only."""
         kind = self.optimizer
-        if kind == "sgd" and self.rho != 0:
-            raise ValueError(f"rho must be 0 for optimizer='sgd' (got {self.rho}); use 'sam' for rho > 0")
-        owners = {"m": "m-sam", "lam": "rw-sam", "delta": "rw-sam", "nsam_samples": "n-sam"}
-        for name, owner in owners.items():
-            if getattr(self, name) is not None and kind != owner:
-                raise ValueError(f"{name}={getattr(self, name)!r} is a setting of optimizer={owner!r} only; "
+        variant = REGISTRY[kind]
+        if variant.fixed.get("rho", self.rho) != self.rho:
+            raise ValueError(f"rho must be {variant.fixed['rho']:g} for optimizer={kind!r} (got {self.rho}); "
+                             "use 'sam' for rho > 0")
+        for name in (*_FIELD_SETTINGS, "nsam_samples"):
+            owners = _owners(name)
+            if getattr(self, name) is not None and kind not in owners:
+                owned = " or ".join(map(repr, owners)) or "none"
+                raise ValueError(f"{name}={getattr(self, name)!r} is a setting of optimizer={owned} only; "
                                  f"optimizer={kind!r} would ignore it (leave it None)")
-        if kind == "m-sam":
-            if self.m is None:
-                raise ValueError("optimizer='m-sam' needs m, an integer >= 1")
+        needed = [s for s in _FIELD_SETTINGS if s in variant.settings]
+        if any(getattr(self, s) is None for s in needed):
+            needs = " and ".join(f"{s} ({_NEEDS[s]})" for s in needed)
+            raise ValueError(f"optimizer={kind!r} needs {needs}")
+        if "m" in variant.settings:
             check_int("m", self.m)
-            if self.batch_size % self.m:
+            if self.batch_size % self.m:  # type: ignore[operator]
                 raise ValueError(f"m={self.m} must divide batch_size={self.batch_size}")
             if self.scope != "local":
-                raise ValueError("optimizer='m-sam' supports scope='local' only (m-SAM perturbs per "
+                raise ValueError(f"optimizer={kind!r} supports scope='local' only (it perturbs per "
                                  "micro-batch); use optimizer='sam' with scope='global' for SAM on the "
                                  "global batch")
-        if kind == "rw-sam":
-            if self.lam is None or self.delta is None:
-                raise ValueError("optimizer='rw-sam' needs lam (>= 0) and delta (> 0)")
+        if "lam" in variant.settings:
             check_nonneg("lam", self.lam)
+        if "delta" in variant.settings:
             check_nonneg("delta", self.delta, positive=True)
         if self.nsam_samples is not None:
             check_int("nsam_samples", self.nsam_samples)
-        cls = _CLASSES[kind]
-        params = inspect.signature(cls.__init__).parameters
+        params = inspect.signature(variant.cls.__init__).parameters
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            accepted = sorted(set(params) - _SET_BY_CONFIG[kind])
+            accepted = sorted(set(params) - _set_by_config(kind))
             unknown = sorted(set(self.options) - set(accepted))
             if unknown:
                 raise ValueError(f"options {unknown} are not keyword arguments that optimizer={kind!r} "
-                                 f"({cls.__name__}) takes from options; accepted: {', '.join(accepted)}")
+                                 f"({variant.cls.__name__}) takes from options; accepted: "
+                                 f"{', '.join(accepted)}")
+        variant.cls.check_options(self.options)  # each value has its argument's type: "False" is not False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (tuples become lists); :meth:`from_dict` inverts it.
 
-        ``scope`` appears only when it is not the default ``"local"`` (it was added later; leaving it
-        out keeps the hashes, and so the cached results, of earlier configurations valid).
+        ``scope`` and ``val_fraction`` appear only when they are not their defaults (they were added
+        later; leaving them out keeps the hashes, and so the cached results, of earlier configurations valid).
         """
         out = asdict(self) | {"options": dict(self.options)}
         if out["scope"] == "local":
             del out["scope"]
+        if out["val_fraction"] == 0:
+            del out["val_fraction"]
         return out
 
     @classmethod
@@ -266,18 +294,17 @@ def make_optimizer(
     if isinstance(model, DistributedDataParallel):
         opts.setdefault("scope", config.scope)
     kind = config.optimizer
-    if kind == "sgd":
-        return SAM(model, base, rho=0.0, **opts)
-    if kind in ("sam", "usam"):
-        if kind == "usam":
-            opts["normalize"] = False
-        return SAM(model, base, rho=config.rho, **opts)
-    if kind == "m-sam":
-        return MSAM(model, base, rho=config.rho, m=int(config.m), **opts)  # type: ignore[arg-type]
-    if kind == "rw-sam":
-        return RWSAM(model, base, rho=config.rho, lam=config.lam, delta=config.delta,  # type: ignore[arg-type]
-                     seed=seed, **opts)
-    device = next(model.parameters()).device
-    x, y = data.train[0][: config.nsam_samples], data.train[1][: config.nsam_samples]
-    return NSAM(model, base, rho=config.rho, data=(x.to(device), y.to(device)),
-                chunk_size=config.eval_batch_size, **opts)
+    variant = REGISTRY[kind]
+    opts["rho"] = config.rho
+    for name in _FIELD_SETTINGS:
+        if name in variant.settings:
+            opts[name] = getattr(config, name)
+    if "data" in variant.settings:
+        device = next(model.parameters()).device
+        x, y = data.train[0][: config.nsam_samples], data.train[1][: config.nsam_samples]
+        opts["data"] = (x.to(device), y.to(device))
+        if _accepts(kind, "chunk_size"):
+            opts["chunk_size"] = config.eval_batch_size
+    if _accepts(kind, "seed"):
+        opts["seed"] = seed
+    return variant.make(model, base, **opts)

@@ -51,6 +51,7 @@ DistributedDataParallel (pass the DDP-wrapped model): ``scope`` says where the p
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, NamedTuple
@@ -59,7 +60,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sam_tutorial.optim._checks import check_base_state, check_grad_mode, check_model_and_base, task
+from sam_tutorial.optim._checks import (
+    check_arguments,
+    check_base_state,
+    check_grad_mode,
+    check_model_and_base,
+    task,
+    typed_init,
+)
 from sam_tutorial.optim._engine import Engine
 from sam_tutorial.optim._util import (
     Group,
@@ -149,8 +157,24 @@ class PerturbedOptimizer(Engine, torch.optim.Optimizer):
             ``"local"`` (default) or ``"global"`` (see the module docstring). Ignored otherwise.
         max_grad_norm: clip the descent gradient to this global norm (after unscaling) before the
             base step; ``None`` (default): no clipping.
+
+    Every constructor of the family (and of a subclass) checks the type of each keyword argument
+    against its annotation before anything else (``normalize="False"`` is refused, not read as true);
+    :meth:`check_options` runs the same check on a dict of options without building anything.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = typed_init(cls.__dict__["__init__"])  # type: ignore[method-assign]
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Refuse an option that is not a keyword argument of this class or whose value has another
+        type than its annotation (e.g. ``{"normalize": "False"}``), naming it; builds nothing."""
+        check_arguments(cls.__name__, inspect.unwrap(cls.__init__), options)
+
+    @typed_init
     def __init__(
         self,
         model: nn.Module,

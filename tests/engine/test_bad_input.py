@@ -213,9 +213,9 @@ NAN, INF = float("nan"), float("inf")
     (dict(optimizer="rw-sam", rho=0.1, lam=1.0, delta="x"), "delta must be a finite number > 0, got 'x'"),
     (dict(optimizer="m-sam", rho=0.1, m=True), "m must be an integer >= 1, got True"),
     (dict(optimizer="m-sam", rho=0.1, m="4"), "m must be an integer >= 1, got '4'"),
-    (dict(optimizer="sam", rho=0.1, m=16), "m=16 is a setting of optimizer='m-sam' only"),
-    (dict(optimizer="sam", rho=0.1, lam=0.5), "lam=0.5 is a setting of optimizer='rw-sam' only"),
-    (dict(optimizer="sgd", nsam_samples=10), "nsam_samples=10 is a setting of optimizer='n-sam' only"),
+    (dict(optimizer="sam", rho=0.1, m=16), "m=16 is a setting of optimizer='m-sam' or 'm-usam' only"),
+    (dict(optimizer="sam", rho=0.1, lam=0.5), "lam=0.5 is a setting of optimizer='rw-sam' or 'rw-usam' only"),
+    (dict(optimizer="sgd", nsam_samples=10), "nsam_samples=10 is a setting of optimizer='n-sam' or 'n-usam'"),
     (dict(warmup_epochs=1.5), "warmup_epochs must be an integer >= 0, got 1.5"),
     (dict(warmup_epochs="1"), "warmup_epochs must be an integer >= 0, got '1'"),
     (dict(nesterov="no"), "nesterov must be True or False, got 'no'"),
@@ -227,7 +227,7 @@ NAN, INF = float("nan"), float("inf")
     (dict(options=[("normalize", False)]), "options must be a mapping"),
     (dict(options={"bogus": 1}), r"options \['bogus'\] are not keyword arguments .* accepted: adaptive"),
     (dict(optimizer="usam", rho=0.1, options={"normalize": True}), r"options \['normalize'\]"),
-    (dict(optimizer=None), "optimizer must be one of sgd, sam, usam, n-sam, m-sam, rw-sam; got None"),
+    (dict(optimizer=None), "optimizer must be one of sgd, sam, usam, .*, rw-sam, rw-usam; got None"),
     (dict(batch_size=np.int64(64)), r"batch_size must be an integer >= 1, got np.int64\(64\)"),
 ])
 def test_train_config_refuses_at_construction(kwargs: dict, message: str) -> None:

@@ -4,7 +4,6 @@ param_groups, bad input. Each test runs over SAM, NSAM, MSAM (both backends) and
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -13,18 +12,12 @@ from torch import Tensor, nn
 from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM
 from sam_tutorial.optim.base import PerturbedOptimizer
 from tests.optim.helpers import CE, assert_params_equal, batch, mlp, sgd
+from tests.optim.test_contract import cases, factories
 
 X_ALL, Y_ALL = batch(seed=7, n=32)
+CASES = cases()
 
-FACTORIES: dict[str, Callable[[nn.Module, torch.optim.Optimizer], PerturbedOptimizer]] = {
-    "sam": lambda m, b: SAM(m, b, rho=0.1),
-    "usam": lambda m, b: SAM(m, b, rho=0.1, normalize=False),
-    "nsam": lambda m, b: NSAM(m, b, rho=0.1, data=(X_ALL, Y_ALL), chunk_size=8),
-    "msam-loop": lambda m, b: MSAM(m, b, rho=0.1, m=4, backend="loop"),
-    "msam-vmap": lambda m, b: MSAM(m, b, rho=0.1, m=4, backend="vmap"),
-    "rwsam": lambda m, b: RWSAM(m, b, rho=0.1, lam=2.0, delta=1e-3, seed=3),
-    "sgd": lambda m, b: SAM(m, b, rho=0.0),
-}
+FACTORIES = factories(data=(X_ALL, Y_ALL))  # every registered variant (tests/optim/test_contract.py)
 NAMES = list(FACTORIES)
 
 
@@ -99,7 +92,7 @@ def test_finite_steps_are_not_skipped(name: str) -> None:
     assert all(torch.isfinite(t).all() for t in stats if t is not None)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("nsam", "msam-loop", "msam-vmap")])
+@pytest.mark.parametrize("name", [n for n in NAMES if not {"m", "data"} & set(CASES[n][0].settings)])
 def test_batchnorm_statistics_come_from_the_first_pass_only(name: str) -> None:
     """After a step, running statistics equal those of one train-mode forward at w (exactly)."""
     model = mlp(bn=True)
@@ -115,7 +108,7 @@ def test_batchnorm_statistics_come_from_the_first_pass_only(name: str) -> None:
 def test_nsam_batchnorm_statistics_come_from_the_data_pass() -> None:
     model = mlp(bn=True)
     reference = copy.deepcopy(model)
-    FACTORIES["nsam"](model, sgd(model)).step(*batch(), CE)
+    FACTORIES["n-sam"](model, sgd(model)).step(*batch(), CE)
     for start in range(0, 32, 8):  # one update per chunk of `data`
         reference(X_ALL[start : start + 8])
     for a, b in zip(model.buffers(), reference.buffers()):
@@ -264,7 +257,7 @@ def test_msam_remainder_micro_batch_is_weighted_by_its_size(backend: str) -> Non
     torch.testing.assert_close(stats.loss, CE(mlp()(x), y).mean(), atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["nsam", "msam-loop", "rwsam"])
+@pytest.mark.parametrize("name", ["n-sam", "m-sam-m4-loop", "rw-sam"])
 def test_only_sam_accepts_a_closure(name: str) -> None:
     model = mlp()
     opt = FACTORIES[name](model, sgd(model))
@@ -272,10 +265,8 @@ def test_only_sam_accepts_a_closure(name: str) -> None:
         opt.step(lambda: torch.zeros(()))
 
 
-SCALED = ["sam", "usam", "nsam", "msam-loop", "msam-vmap", "rwsam", "sgd"]
-FACTORIES32 = {
-    **FACTORIES, "nsam": lambda m, b: NSAM(m, b, rho=0.1, data=(X_ALL.float(), Y_ALL), chunk_size=8)
-}
+SCALED = NAMES
+FACTORIES32 = factories(data=(X_ALL.float(), Y_ALL))
 
 
 @pytest.mark.parametrize("name", SCALED)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM
+from sam_tutorial.optim import SAM
+from tests.optim.test_contract import factories
 
 pytestmark = pytest.mark.gpu
 
@@ -28,17 +29,7 @@ def _batch(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
             torch.randint(0, 10, (n,), device="cuda", generator=g))
 
 
-FACTORIES = {
-    "sgd": lambda m, b: SAM(m, b, rho=0.0),
-    "sam": lambda m, b: SAM(m, b, rho=0.05),
-    "asam": lambda m, b: SAM(m, b, rho=0.5, adaptive=True),
-    "usam": lambda m, b: SAM(m, b, rho=0.05, normalize=False),
-    "nsam": lambda m, b: NSAM(m, b, rho=0.05, data=_batch(256), chunk_size=128),
-    "msam-loop": lambda m, b: MSAM(m, b, rho=0.05, m=16, backend="loop"),
-    "msam-vmap": lambda m, b: MSAM(m, b, rho=0.05, m=16, backend="vmap"),
-    "rwsam": lambda m, b: RWSAM(m, b, rho=0.05, lam=1.0, seed=0),
-    "rwsam-exact": lambda m, b: RWSAM(m, b, rho=0.05, lam=1.0, score="exact", seed=0),
-}
+FACTORIES = factories(rho=0.05, data=lambda: _batch(256), chunk_size=128)  # every registered variant
 
 
 BASES = {
@@ -77,7 +68,7 @@ def test_a_skip_with_adam_on_cuda_restores_its_step_counter() -> None:
     assert all(torch.equal(before[k].to(after[k].device), after[k]) for k in before)
 
 
-@pytest.mark.parametrize("name", ["sam", "msam-loop", "msam-vmap", "rwsam"])
+@pytest.mark.parametrize("name", ["sam", "m-sam-m4-loop", "m-sam-m4-vmap", "rw-sam"])
 def test_float16_gradscaler_overflow_skips_the_whole_step(name: str) -> None:
     model = _model()
     scaler = torch.amp.GradScaler("cuda", init_scale=2.0**60)  # overflows float16 at once

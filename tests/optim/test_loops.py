@@ -17,18 +17,7 @@ from torch import Tensor, nn
 from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM
 from sam_tutorial.optim.base import PerturbedOptimizer
 from tests.optim.helpers import CE, assert_params_equal, batch, lsq_grad, mlp, regression, sgd
-
-FACTORIES: dict[str, Callable[[nn.Module, torch.optim.Optimizer], PerturbedOptimizer]] = {
-    "sam": lambda m, b: SAM(m, b, rho=0.1),
-    "usam": lambda m, b: SAM(m, b, rho=0.1, normalize=False),
-    "nsam": lambda m, b: NSAM(m, b, rho=0.1, data=batch(seed=7, n=32), chunk_size=8),
-    "msam-loop": lambda m, b: MSAM(m, b, rho=0.1, m=4, backend="loop"),
-    "msam-vmap": lambda m, b: MSAM(m, b, rho=0.1, m=4, backend="vmap"),
-    "rwsam": lambda m, b: RWSAM(m, b, rho=0.1, lam=2.0, seed=3),
-    "rwsam-exact": lambda m, b: RWSAM(m, b, rho=0.1, lam=2.0, score="exact", seed=3),
-    "sgd": lambda m, b: SAM(m, b, rho=0.0),
-}
-NAMES = list(FACTORIES)
+from tests.optim.test_contract import FACTORIES, NAMES  # every registered variant
 
 
 def everything(model: nn.Module, opt: PerturbedOptimizer) -> dict[str, object]:
@@ -91,7 +80,7 @@ def test_skipped_hand_loop_keeps_the_buffers_of_pass_1() -> None:
 
 
 # ----------------------------------------------------------------------------- 5: disabled GradScaler
-@pytest.mark.parametrize("name", ["sam", "usam", "msam-loop", "msam-vmap", "rwsam"])
+@pytest.mark.parametrize("name", ["sam", "usam", "m-sam-m4-loop", "m-sam-m4-vmap", "rw-sam"])
 def test_disabled_gradscaler_is_no_scaler(name: str) -> None:
     a, b = mlp(), mlp()
     opt_a = FACTORIES[name](a, sgd(a))

@@ -6,6 +6,7 @@ module              experiments
 ``smoke``           ``smoke`` (a pipeline check; command line only)
 ``m_sharpness``     chapter 4: ``m-sharpness-cnn``, ``escape``; ``m-sweep`` (command line only)
 ``reweighted``      chapter 5: ``rw-compare``, ``rw-study-compare``, ``rw-study-lambda``, ``rw-study-noise``
+``controls``        chapters 4-5: ``controls-noise``, ``controls-escape`` (the CNN's memorising setting)
 ``paper``           chapter 6: the paper's Tables 1, 4 and 6 (``table*``)
 =================== ===============================================================================
 
@@ -15,6 +16,6 @@ chapter's experiments go in a new module here, imported below; an experiment tha
 why in ``cli_only``.
 """
 
-from sam_tutorial.engine.catalog import m_sharpness, mlp, paper, registry, reweighted, smoke
+from sam_tutorial.engine.catalog import controls, m_sharpness, mlp, paper, registry, reweighted, smoke
 
-__all__ = ["m_sharpness", "mlp", "paper", "registry", "reweighted", "smoke"]
+__all__ = ["controls", "m_sharpness", "mlp", "paper", "registry", "reweighted", "smoke"]
