@@ -10,6 +10,7 @@ experiment          chapter  what it runs
 ``rw-compare``      5        SGD, SAM, RW-SAM {uniform, weighted} x {fd, exact score}
 ``rw-study-*``      5        the recorded study: ``compare`` (rho-tuned, m-SAM, exact norms),
                              ``lambda`` (lambda sweep), ``noise`` (20-60 % label noise)
+``controls-*``      4, 5     the CNN's memorising setting: label-noise and escape controls
 ``table1-*``        6        the paper's Table 1: ResNet-18/50, WRN-28-10 x CIFAR-10/100 x SGD/SAM/RW-SAM
 ``table4-noise*``   6        the paper's Table 4: label noise 20/40/60/80 %, ResNet-18, CIFAR-10
 ``table6-*``        6        the paper's Table 6: tr V at the solution, ResNet-18, CIFAR-10

@@ -36,7 +36,14 @@ def used_by(chapter: str) -> set[str]:
     return {n for n in called if n in EXPERIMENTS} | _enumerated(code)
 
 
-@pytest.mark.parametrize("name", list(EXPERIMENTS))
+PENDING = {"controls-noise": "04/05", "controls-escape": "04"}
+"""Experiments registered before their chapter's cells exist (strict: the test fails once a chapter uses
+one, so that it is taken off this list)."""
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=f"chapter {PENDING[n]} does not use it yet"))
+    if n in PENDING else n for n in EXPERIMENTS])
 def test_every_experiment_is_used_by_its_chapter_or_marked_command_line_only(name: str) -> None:
     exp = EXPERIMENTS[name]
     if exp.cli_only:
