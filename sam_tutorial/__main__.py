@@ -6,6 +6,9 @@
     python -m sam_tutorial run smoke --mode quick        # train (or load from the cache) and print a table
     python -m sam_tutorial run table1-resnet18-cifar10 --mode paper --seed 0 --device cuda --out runs
     python -m sam_tutorial show m-sweep --mode standard  # the cached results as a table
+    python -m sam_tutorial plan msweep-resnet18-cifar10 --mode paper --out runs   # runs, cache, GPU-hours
+    python -m sam_tutorial run msweep-resnet18-cifar10 --mode paper --launcher submitit-slurm \
+        --out /shared/runs --launcher-option slurm_partition=gpu   # one cluster job per (run, seed)
     python -m sam_tutorial bench --device cpu --json bench.json   # step-time ratios of the SAM family
     python -m sam_tutorial data cifar10                  # fetch, verify and unpack CIFAR-10 for paper mode
 
@@ -84,6 +87,93 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None,
                         help="data folder (default: $SAM_TUTORIAL_DATA or ~/.cache/sam_tutorial)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    group = parser.add_argument_group("launcher (many runs on many GPUs; needs the cluster extra)")
+    group.add_argument("--launcher", choices=("submitit-slurm", "submitit-local", "submitit-debug"),
+                       default=None, help="hand each (run, seed) to a job system through submitit instead of "
+                                          "training here; results go to --out (shared by the nodes)")
+    group.add_argument("--launcher-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="a submitit parameter (repeatable), e.g. slurm_partition=gpu, timeout_min=720, "
+                            "cpus_per_task=8")
+    group.add_argument("--gpus-per-run", type=int, default=1,
+                       help="GPUs (tasks) per run; more than one trains each run under DDP (default 1)")
+    group.add_argument("--detach", action="store_true",
+                       help="submit and return without waiting (submitit-slurm only); gather later with "
+                            "`show`")
+
+
+def _launched(args: argparse.Namespace) -> int:
+    """``run --launcher ...``: one job per (run, seed) through submitit (sam_tutorial.engine.launch)."""
+    from sam_tutorial.engine import launch
+
+    # usage errors before anything is submitted
+    seeds, out, data_root = _seeds(args), _out(args), _data_root(args)
+    mode = args.mode or config.mode()
+    device = args.device or config.device().type
+    options = launch.parse_options(args.launcher_option)
+    config.check_int("--gpus-per-run", args.gpus_per_run)
+    done = launch.launch(args.name, launcher=args.launcher, mode=mode, seeds=seeds, out=out, device=device,
+                         data_root=data_root, options=options, gpus_per_run=args.gpus_per_run,
+                         wait=not args.detach)
+    print(f"# {args.name} ({mode} mode): {len(done.jobs)} jobs submitted, {len(done.cached)} runs cached; "
+          f"job logs in {done.folder}", file=sys.stderr)
+    if done.failed:
+        print(f"error: {len(done.failed)} jobs failed: " + "; ".join(
+            f"{label} seed {seed}: {why}" for (label, seed), why in done.failed.items()), file=sys.stderr)
+        return 1
+    if done.result is not None:
+        print(done.result.table())
+    else:
+        print(f"gather the results with `python -m sam_tutorial show {args.name} --mode {mode}"
+              + (f" --out {args.out}" if args.out else "") + "`")
+    return 0
+
+
+def _configure_plan(parser: argparse.ArgumentParser) -> None:
+    _experiment_name(parser)
+    parser.add_argument("--results", default=None,
+                        help="folder of recorded results and step-time files (default: results/ of the "
+                             "working directory, else the package's; step times also from the package's)")
+    parser.add_argument("--timing", default=None,
+                        help="a step-time file to estimate with (tools/paper_smoke.py, "
+                             "tools/time_paper_models.py or bench JSON; default: the best CUDA times in "
+                             "--results)")
+    parser.add_argument("--gpus-per-run", type=int, default=1,
+                        help="GPUs per run under DDP (the cache keys depend on it; default 1)")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """``plan``: the runs, which are cached / recorded / resumable, and the device-hours still needed."""
+    from pathlib import Path
+
+    from sam_tutorial.engine import estimate
+    from sam_tutorial.engine.plan import plan_experiment
+    from sam_tutorial.engine.recorded import packaged_results, results_folder
+
+    _check_name(args.name)
+    seeds, out = _seeds(args), _out(args)
+    mode = args.mode or config.mode()
+    config.check_int("--gpus-per-run", args.gpus_per_run)
+    results: Path | None = Path(args.results) if args.results is not None else None
+    if results is None:
+        try:
+            results = results_folder()
+        except FileNotFoundError:
+            results = None
+    elif not results.is_dir():
+        raise UserError(f"--results {args.results} is not a folder; give the folder of recorded results "
+                        "(results/)")
+    times: estimate.StepTimes | None
+    if args.timing is not None:
+        if not Path(args.timing).is_file():
+            raise UserError(f"--timing {args.timing} is not a file; give a step-time JSON "
+                            "(tools/paper_smoke.py writes one)")
+        times = estimate.read_step_times(args.timing)
+    else:
+        times = estimate.device_step_times([f for f in (results, packaged_results()) if f is not None])
+    plan = plan_experiment(args.name, mode=mode, seeds=seeds, out=out, results=results, times=times,
+                           world_size=args.gpus_per_run)
+    print(plan.table())
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -94,6 +184,11 @@ def _run(args: argparse.Namespace) -> int:
 
     # every usage error before anything is written (no result, checkpoint or lock file)
     _check_name(args.name)
+    if args.launcher is not None:
+        return _launched(args)
+    if args.detach or args.launcher_option or args.gpus_per_run != 1:
+        raise UserError("--launcher-option, --gpus-per-run and --detach need --launcher (e.g. --launcher "
+                        "submitit-local)")
     device = config.check_device("--device", args.device) if args.device is not None else config.device()
     mode = args.mode or config.mode()
     seeds = _seeds(args)
@@ -234,6 +329,8 @@ SUBCOMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Ha
     ("list", "list the experiments (name, then description)", lambda p: None, _list),
     ("run", "run an experiment (cached results are reused, interrupted runs resume)", _configure_run, _run),
     ("show", "print the cached results of an experiment as a table", _experiment_name, _show),
+    ("plan", "list the runs of an experiment, which are cached or recorded, and the device-hours left",
+     _configure_plan, _plan),
     ("bench", "time one step of every optimizer of the family; print ratios (sam/sgd, ...)",
      _configure_bench, _bench),
     ("data", "fetch a data set of the paper mode (CIFAR-10/100): verified, resumable, unpacked safely",

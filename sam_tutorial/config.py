@@ -60,9 +60,11 @@ __all__ = [
     "check_batch",
     "check_bool",
     "check_device",
+    "check_float_dtype",
     "check_int",
     "check_nonneg",
     "check_seed",
+    "check_tensor",
     "device",
     "mode",
     "require",
@@ -357,6 +359,43 @@ def check_seed(name: str, value: object) -> int:
     return int(value)
 
 
+def check_tensor(name: str, value: object, *, floating: bool = False, finite: bool = False) -> Tensor:
+    """``value`` if it is a torch tensor (with a floating dtype / only finite entries when asked), else
+    ``UserError`` naming ``name`` and what to do. A NumPy array is refused with the conversion to use
+    (``torch.from_numpy``): converting silently would hide a float64/int64 dtype the caller did not
+    mean.
+
+    >>> check_tensor("grads", torch.ones(2), floating=True, finite=True)
+    tensor([1., 1.])
+    """
+    if not isinstance(value, Tensor):
+        numpy = type(value).__module__.split(".")[0] == "numpy"
+        hint = ("; it is a NumPy array: pass torch.from_numpy(...) (with .float() for float32)" if numpy
+                else "")
+        raise UserError(f"{name} must be a torch.Tensor, got {type(value).__name__}{hint}")
+    if floating and not value.is_floating_point():
+        raise UserError(f"{name} must have a floating dtype (float32 or float64), got {value.dtype}; an "
+                        "integer tensor would round every mean and weight to an integer (convert with "
+                        ".float())")
+    if finite and not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise UserError(f"{name} holds {bad} non-finite value(s) (NaN or inf); the result would be NaN or "
+                        "meaningless: find where they come from (a diverged model, a bad input)")
+    return value
+
+
+def check_float_dtype(name: str, dtype: object) -> torch.dtype:
+    """``dtype`` if it is a real floating torch dtype, else ``UserError`` naming ``name``.
+
+    >>> check_float_dtype("dtype", torch.float64)
+    torch.float64
+    """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise UserError(f"{name} must be a floating torch dtype (torch.float32 or torch.float64), got "
+                        f"{dtype!r}; an integer dtype would truncate every weight and probability to 0")
+    return dtype
+
+
 def as_tuple(inputs: Inputs) -> tuple[Tensor, ...]:
     """``inputs`` as a tuple of tensors (a single tensor becomes a 1-tuple)."""
     return inputs if isinstance(inputs, tuple) else (inputs,)
@@ -373,6 +412,9 @@ def check_batch(inputs: tuple[Tensor, ...], targets: Tensor) -> int:
     """
     if len(inputs) == 0:
         raise ValueError("inputs must be a tensor or a non-empty tuple of tensors")
+    for i, t in enumerate(inputs):
+        check_tensor("inputs" if len(inputs) == 1 else f"inputs[{i}]", t)
+    check_tensor("targets", targets)
     size = inputs[0].shape[0] if inputs[0].dim() > 0 else 0
     if size == 0:
         raise ValueError("inputs must hold at least one sample (batch on dim 0)")

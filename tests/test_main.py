@@ -65,7 +65,7 @@ def test_bad_mode_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_every_subcommand_has_help_and_a_handler(capsys: pytest.CaptureFixture[str]) -> None:
-    assert [name for name, *_ in SUBCOMMANDS] == ["list", "run", "show", "bench", "data"]
+    assert [name for name, *_ in SUBCOMMANDS] == ["list", "run", "show", "plan", "bench", "data"]
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     out = capsys.readouterr().out

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp, vmap
 
-from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_int
+from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_float_dtype, check_int
 from sam_tutorial.sgn.functional import batchable, flat_params, functional_losses
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
 
@@ -186,6 +186,7 @@ def lanczos(
     """
     dim = check_int("dim", dim)
     n_iter = check_int("n_iter", n_iter)
+    check_float_dtype("dtype", dtype)
     if n_iter > dim:
         raise ValueError(f"n_iter must be in [1, dim] = [1, {dim}], got {n_iter}")
     basis = torch.zeros(n_iter, dim, dtype=dtype, device=device)
@@ -220,6 +221,10 @@ def lanczos(
         beta[j] = torch.where(ok, b, torch.zeros_like(b))
     off = beta[: n_iter - 1]
     tri = torch.diag(alpha) + torch.diag(off, 1) + torch.diag(off, -1)
+    if not bool(torch.isfinite(tri).all()):  # eigvalsh would fail to converge or return NaN
+        raise ValueError("lanczos: the operator returned non-finite values (NaN or inf in A v); for a "
+                         "Hessian, the model's parameters, inputs or loss are non-finite at this point: "
+                         "check them (e.g. torch.isfinite on the parameters) before asking for eigenvalues")
     return torch.linalg.eigvalsh(tri)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sam_tutorial.config import Inputs, LossFn, check_int
+from sam_tutorial.config import Inputs, LossFn, check_float_dtype, check_int, check_tensor
 from sam_tutorial.curvature.hessian import PROBES, _hvp_fn, _mean_loss
 from sam_tutorial.sgn.functional import batchable
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
@@ -50,6 +50,7 @@ def make_probes(
             [1., 1., 1.]])
     """
     n, dim = check_int("n", n), check_int("dim", dim)
+    check_float_dtype("dtype", dtype)
     if kind == "rademacher":
         bits = torch.randint(0, 2, (n, dim), generator=generator, device=device)
         return (2 * bits - 1).to(dtype)
@@ -78,6 +79,7 @@ def probe_variance(matrix: Tensor, *, kind: str = "rademacher") -> Tensor:
     >>> probe_variance(torch.outer(g, g)), probe_variance(torch.outer(g, g), kind="gaussian")
     (tensor(16.), tensor(50.))
     """
+    check_tensor("matrix", matrix, floating=True, finite=True)
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"matrix must be square [P, P], got {tuple(matrix.shape)}")
     sym = 0.5 * (matrix + matrix.T)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sam_tutorial.config import DATA_ENV, check_int, check_seed, require
+from sam_tutorial.config import DATA_ENV, UserError, check_int, check_seed, require
 from sam_tutorial.engine.cifar import _CIFAR, CIFAR_MEAN, CIFAR_STD, _cifar, download_cifar
 from sam_tutorial.engine.storage import DataFileError, atomic_write
 
@@ -98,6 +98,27 @@ class Dataset:
     pad_fill: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Each split is a pair of tensors with the same number of samples, at least one: an empty test
+        split would report accuracy 0.0 (0 correct of "1"), not "no test set"."""
+        for split in ("train", "test"):
+            pair = getattr(self, split)
+            if (not isinstance(pair, tuple) or len(pair) != 2
+                    or not all(isinstance(t, Tensor) and t.dim() > 0 for t in pair)):
+                raise ValueError(f"Dataset {self.name!r}: {split} must be a pair (inputs, targets) of "
+                                 "tensors with the samples on dim 0")
+            inputs, targets = pair
+            if len(inputs) != len(targets):
+                raise ValueError(f"Dataset {self.name!r}: the {split} split has {len(inputs)} inputs but "
+                                 f"{len(targets)} targets; they must match")
+            if len(inputs) == 0:
+                raise ValueError(f"Dataset {self.name!r}: the {split} split is empty; an accuracy over no "
+                                 "samples is undefined (give it at least one sample)")
+        if len(self.clean_train_targets) != len(self.train[1]):
+            n_clean, n_train = len(self.clean_train_targets), len(self.train[1])
+            raise ValueError(f"Dataset {self.name!r}: clean_train_targets has {n_clean} labels but the "
+                             f"train split {n_train}")
+
     @property
     def noisy(self) -> Tensor:
         """Boolean mask of the training samples whose label differs from the clean one."""
@@ -126,6 +147,10 @@ def data_root(root: str | os.PathLike[str] | None = None) -> Path:
     '/tmp/x'
     """
     if root is not None:
+        if not str(os.fspath(root)).strip():
+            raise UserError(f"root={os.fspath(root)!r} names no folder (it would put the data cache in the "
+                            f"working directory); give a folder, or None for ${DATA_ENV} or "
+                            "~/.cache/sam_tutorial")
         return Path(root).expanduser()
     if os.environ.get(DATA_ENV, "").strip():
         return Path(os.environ[DATA_ENV]).expanduser()
@@ -312,6 +337,17 @@ def _read_mnist1d_cache(path: Path) -> tuple[np.ndarray, ...]:
     if x.ndim != 2 or xt.ndim != 2 or len(x) != len(y) or len(xt) != len(yt) or x.shape[1] != xt.shape[1]:
         raise DataFileError(f"the MNIST-1D cache {path} holds inconsistent arrays (x {x.shape}, y {y.shape}, "
                             f"x_test {xt.shape}, y_test {yt.shape}); {fix}")
+    bad = {name: int((~np.isfinite(a)).sum()) for name, a in (("x", x), ("x_test", xt))
+           if not np.issubdtype(a.dtype, np.floating) or not np.isfinite(a).all()}
+    if bad:
+        raise DataFileError(f"the MNIST-1D cache {path} holds non-finite or non-float inputs "
+                            f"({', '.join(f'{k}: {v} non-finite' for k, v in bad.items())}); a single NaN "
+                            f"would make every standardised input NaN; {fix}")
+    for name, labels in (("y", y), ("y_test", yt)):
+        if (not np.issubdtype(labels.dtype, np.integer) or labels.size == 0 or labels.min() < 0
+                or labels.max() > 9):
+            raise DataFileError(f"the MNIST-1D cache {path} holds labels {name} that are not integers in "
+                                f"0..9 (dtype {labels.dtype}); {fix}")
     return x, y, xt, yt
 
 

@@ -36,6 +36,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from sam_tutorial.config import check_int
+
 __all__ = ["DistContext", "destroy", "init_from_env", "launched_world_size", "shard", "wrap"]
 
 
@@ -47,6 +49,16 @@ class DistContext:
     world_size: int
     local_rank: int
     device: torch.device
+
+    def __post_init__(self) -> None:
+        check_int("DistContext.world_size", self.world_size)
+        check_int("DistContext.local_rank", self.local_rank, low=0)
+        rank = self.rank
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < self.world_size:
+            raise ValueError(f"DistContext.rank={self.rank!r} is outside the world: a rank is an integer in "
+                             f"[0, world_size={self.world_size})")
+        if not isinstance(self.device, torch.device):
+            raise ValueError(f"DistContext.device must be a torch.device, got {self.device!r}")
 
     @property
     def is_main(self) -> bool:
@@ -152,14 +164,25 @@ def shard(tensors: Tensor | tuple[Tensor, ...], ctx: DistContext) -> Tensor | tu
     rank order give the global batch back.
 
     Raises:
-        ValueError: if the batch size is not a multiple of the world size.
+        ValueError: if the batch size is not a multiple of the world size, or the tensors disagree on
+            it (inputs and targets of different lengths would be paired wrongly). A rank outside the
+            world cannot occur: :class:`DistContext` refuses it.
 
     >>> ctx = DistContext(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
     >>> shard(torch.arange(6), ctx)
     tensor([3, 4, 5])
     """
+    if not isinstance(ctx, DistContext):
+        raise ValueError(f"ctx must be a DistContext, got {type(ctx).__name__}")
     parts = tensors if isinstance(tensors, tuple) else (tensors,)
+    if not parts or not all(isinstance(t, Tensor) and t.dim() > 0 for t in parts):
+        raise ValueError("shard: tensors must be a tensor or a non-empty tuple of tensors with the batch "
+                         "on dim 0")
     n = parts[0].shape[0]
+    lengths = [t.shape[0] for t in parts]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"shard: the tensors disagree on the batch size (dim 0): {lengths}; inputs and "
+                         "targets must have one row per sample, or the shards would pair the wrong rows")
     if n % ctx.world_size:
         raise ValueError(f"the batch of {n} samples must be a multiple of the world size {ctx.world_size}")
     b = n // ctx.world_size

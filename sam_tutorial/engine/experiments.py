@@ -66,6 +66,13 @@ def _resolve(name: str, mode: str | None, seeds: Iterable[int] | None) -> tuple[
     if seeds is not None and (isinstance(seeds, str | bytes | int) or not isinstance(seeds, Iterable)):
         raise ValueError(f"seeds must be a list of integers in [0, 2**32), got {seeds!r}")
     chosen = list(exp.seeds[mode]) if seeds is None else [cfg.check_seed("seeds entries", s) for s in seeds]
+    if not chosen:
+        raise cfg.UserError("seeds=[] names no seed: give at least one, or seeds=None for the experiment's "
+                            f"seeds in {mode} mode ({list(exp.seeds[mode])})")
+    repeated = sorted({s for s in chosen if chosen.count(s) > 1})
+    if repeated:
+        raise cfg.UserError(f"seeds repeats {repeated}: a seed counts once in every mean; give each seed "
+                            "once")
     return exp, mode, chosen
 
 
@@ -148,7 +155,8 @@ def load_results(
             digest = run_hash(exp, mode, spec, seed, by_label, world_size)
             path = run_path(root, exp, mode, spec, seed, digest)
             if path.exists():
-                records.append(check_record(path, read_json(path)))
+                expected = {"experiment": exp.name, "mode": mode, "label": spec.label, "seed": seed}
+                records.append(check_record(path, read_json(path), expected))
             else:
                 missing.append((spec.label, seed))
     return ExperimentResult(exp, mode, records, missing)

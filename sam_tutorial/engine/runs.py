@@ -254,13 +254,14 @@ def run_one(
     main = ctx is None or ctx.is_main
     digest = run_hash(exp, mode, spec, seed, specs, world)
     path = run_path(out, exp, mode, spec, seed, digest)
-    cached = _from_main(_cached(path, digest) if main else None, ctx)
+    expected = {"experiment": exp.name, "mode": mode, "label": spec.label, "seed": seed}
+    cached = _from_main(_cached(path, digest, expected) if main else None, ctx)
     if cached is not None:
         return cached
     lock: AbstractContextManager[None] = run_lock(path.with_suffix(".lock")) if main else nullcontext()
     with lock:
         # another process may have finished it while we waited
-        cached = _from_main(_cached(path, digest) if main else None, ctx)
+        cached = _from_main(_cached(path, digest, expected) if main else None, ctx)
         if cached is not None:
             return cached
         init_state = None
@@ -308,7 +309,7 @@ def _from_main(value: Any, ctx: DistContext | None) -> Any:
     return box[0]
 
 
-def _cached(path: Path, digest: str) -> dict[str, Any] | None:
+def _cached(path: Path, digest: str, expected: Mapping[str, Any]) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
@@ -317,7 +318,7 @@ def _cached(path: Path, digest: str) -> dict[str, Any] | None:
         return None  # unreadable: recompute (the atomic writer never leaves one, a person might)
     if record.get("config_hash") != digest or record.get("format") != RESULT_FORMAT:
         return None
-    return check_record(path, record)
+    return check_record(path, record, expected)
 
 
 RECORD_KEYS: dict[str, type] = {
@@ -327,22 +328,34 @@ RECORD_KEYS: dict[str, type] = {
 """What every result file holds (with its JSON type); tables and chapters read these."""
 
 
-def check_record(path: str | os.PathLike[str], record: dict[str, Any]) -> dict[str, Any]:
+def check_record(path: str | os.PathLike[str], record: dict[str, Any],
+                 expected: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``record`` if it has every key of :data:`RECORD_KEYS` with its type (and ``timing`` its
-    ``seconds_per_epoch``).
+    ``seconds_per_epoch``), every final metric is a number or null, and -- when ``expected`` is given
+    (``experiment``, ``mode``, ``label``, ``seed`` of the run the file's name and hash stand for) -- it
+    says it is that run: a label edited by hand would otherwise be averaged into another run's row.
 
     Raises:
-        ResultFileError: naming ``path``, the missing or mistyped keys, and what to do.
+        ResultFileError: naming ``path``, the missing, mistyped or contradicting keys, and what to do.
     """
-    bad = [k for k, kind in RECORD_KEYS.items() if not isinstance(record.get(k), kind)]
+    bad = [k for k, kind in RECORD_KEYS.items()
+           if not isinstance(record.get(k), kind) or (kind is int and isinstance(record.get(k), bool))]
     if not bad and "seconds_per_epoch" not in record["timing"]:
         bad = ["timing.seconds_per_epoch"]
-    if bad:
+    if not bad:
+        bad = [f"metrics.{k}" for k, v in record["metrics"].items()
+               if v is not None and (isinstance(v, bool) or not isinstance(v, int | float))]
+    contradicts = [f"{k}={record.get(k)!r} (the run is {v!r})" for k, v in (expected or {}).items()
+                   if not bad and record.get(k) != v]
+    if bad or contradicts:
         exp, mode = record.get("experiment", "NAME"), record.get("mode", "MODE")
+        if expected:
+            exp, mode = expected.get("experiment", exp), expected.get("mode", mode)
+        what = (f"lacks {bad} (or holds another type there)" if bad else
+                f"says {', '.join(contradicts)}")
         raise ResultFileError(
-            f"the result file {path} lacks {bad} (or holds another type there); it was edited or written by "
-            f"another version. Delete it and recompute it with `python -m sam_tutorial run {exp} --mode "
-            f"{mode}`."
+            f"the result file {path} {what}; it was edited or written by another version. Delete it and "
+            f"recompute it with `python -m sam_tutorial run {exp} --mode {mode}`."
         )
     return record
 

@@ -155,6 +155,8 @@ def evaluate(
         ``(loss, accuracy)`` w.r.t. the first target tensor, then the accuracy w.r.t. each further one.
     """
     tgts = targets if isinstance(targets, tuple) else (targets,)
+    if len(inputs) == 0:
+        raise ValueError("evaluate: inputs hold no samples; an accuracy over none is undefined (not 0.0)")
     was_training = model.training
     model.eval()
     device = inputs.device
@@ -167,7 +169,7 @@ def evaluate(
         for k, t in enumerate(tgts):
             correct[k] += (pred == t[start : start + batch_size]).sum()
     model.train(was_training)
-    n = max(1, len(inputs))
+    n = len(inputs)
     return (loss / n, correct[0] / n, *(correct[1:] / n))
 
 

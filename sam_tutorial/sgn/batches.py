@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from sam_tutorial.config import check_int
+from sam_tutorial.config import check_float_dtype, check_int
 from sam_tutorial.sgn.monte_carlo import sample_batches
 from sam_tutorial.sgn.variance import _check_grads, sgn_trace
 
@@ -123,6 +123,7 @@ def batch_distribution(
     True
     """
     _check_nb(n, b, replacement)
+    check_float_dtype("dtype", dtype)
     check_int("max_batches", max_batches)
     count = math.comb(n + b - 1, b) if replacement else math.comb(n, b)
     if count <= max_batches:

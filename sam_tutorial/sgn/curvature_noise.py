@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, hessian, jacrev
 
+from sam_tutorial.config import check_tensor
 from sam_tutorial.sgn.variance import sgn_trace
 
 __all__ = ["covariance_of_moments", "half_grad_trace_V", "hessian_gradient_covariance"]
@@ -54,6 +55,8 @@ def covariance_of_moments(grads: Tensor, hessians: Tensor) -> Tensor:
     >>> covariance_of_moments(g, h)
     tensor([1.])
     """
+    check_tensor("grads", grads, floating=True, finite=True)
+    check_tensor("hessians", hessians, floating=True, finite=True)
     if grads.dim() != 2 or hessians.shape != (*grads.shape, grads.shape[1]):
         raise ValueError(
             "grads must be [n, d] and hessians [n, d, d]; "

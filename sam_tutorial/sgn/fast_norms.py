@@ -13,8 +13,10 @@ ordinary backward pass already has (Goodfellow, 2015; the BackPACK "batch_l2" ex
   :math:`\nabla_\gamma f_i=\sum_{\text{positions}}\delta_i\odot\hat x_i`,
   :math:`\nabla_\beta f_i=\sum\delta_i`, with :math:`\hat x` the normalised input.
 
-Models with any other parameterised module, a module called twice in one forward pass, or BatchNorm
-in training mode (which couples the samples) are not supported here;
+Models with any other parameterised module, a parameter read twice in one forward pass (a module
+called twice, tied weights, a weight reused outside its module: detected by counting the parameter's
+uses in the autograd graph), or a model that mixes samples across the batch (BatchNorm in training
+mode; detected by :func:`sam_tutorial.sgn.functional.check_independent`) are not supported here;
 :func:`sam_tutorial.sgn.variance.trace_V` then falls back to :func:`torch.func.vmap`.
 
 >>> import torch
@@ -35,18 +37,21 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sam_tutorial.sgn.functional import call_loss
+from sam_tutorial.config import check_batch
+from sam_tutorial.sgn.functional import call_loss, check_independent
 
 __all__ = ["ModuleReusedError", "per_sample_sq_norms", "supports_fast_norms"]
 
 
 class ModuleReusedError(ValueError):
-    """A module with parameters ran more than once in one forward pass (weight sharing)."""
+    """A parameter is read more than once in one forward pass: a module with parameters ran twice, or a
+    weight is tied to another layer or reused outside its module (weight sharing)."""
 
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
@@ -173,6 +178,44 @@ def _module_sq_norms(module: nn.Module, x: Tensor, d: Tensor) -> Tensor:
     return total
 
 
+def _parameter_uses(root: Tensor, params: list[Tensor]) -> dict[int, int]:
+    """How many operations of ``root``'s autograd graph read each parameter (by ``id``)."""
+    count = {id(p): 0 for p in params}
+    seen: set[Any] = set()
+    stack = [root.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            leaf = getattr(child, "variable", None)  # an AccumulateGrad node: the parameter itself
+            if leaf is None:
+                stack.append(child)
+            elif id(leaf) in count:
+                count[id(leaf)] += 1
+    return count
+
+
+def _check_single_use(model: nn.Module, losses: Tensor, params: list[Tensor]) -> None:
+    """Refuse (``ModuleReusedError``) parameters that the forward pass (or the loss) reads more than once:
+    tied weights, a module called twice, a layer's weight reused by a functional call or a penalty in the
+    loss. The hooks see one use per module, so the norms would miss the other uses' terms (27 % low on
+    a tied MLP); :func:`sam_tutorial.sgn.variance.trace_V` falls back to the exact vmap route."""
+    uses = _parameter_uses(losses, params)
+    names = {id(p): n for n, p in model.named_parameters()}
+    reused = [f"{names.get(i, '?')} ({k} uses)" for i, k in uses.items() if k > 1]
+    if reused:
+        raise ModuleReusedError(
+            f"per_sample_sq_norms: parameter(s) {', '.join(reused)} are read more than once in the forward "
+            "pass or the loss (tied weights, a module called twice, a weight reused outside its module); "
+            "the hooks route would miss the cross terms; use the vmap route (trace_V(method='vmap'), which "
+            "method='auto' picks, or sam_tutorial.sgn.per_sample.per_sample_grads)"
+        )
+
+
 def per_sample_sq_norms(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -214,7 +257,8 @@ def per_sample_sq_norms(
             "LayerNorm; use the vmap route (sam_tutorial.sgn.per_sample.per_sample_grads) instead"
         )
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-    batch = inputs[0].shape[0]
+    batch = check_batch(inputs, targets)
+    check_independent(model, loss_fn, inputs, targets, "per_sample_sq_norms")
     records: list[tuple[nn.Module, Tensor, Tensor]] = []
 
     def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
@@ -239,6 +283,7 @@ def per_sample_sq_norms(
             "need the vmap route (sam_tutorial.sgn.per_sample.per_sample_grads)"
         )
     params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
+    _check_single_use(model, losses, params)
     outs: list[Tensor] = [out for _, _, out in records]
     grads = torch.autograd.grad(losses.sum(), outs + params, allow_unused=True)
     acc = torch.promote_types(losses.dtype, torch.float32)

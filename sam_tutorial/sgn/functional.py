@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -28,8 +29,8 @@ from torch.func import functional_call
 from sam_tutorial.config import Inputs, LossFn, as_tuple
 
 __all__ = [
-    "batchable", "call_loss", "check_per_sample", "eval_mode", "flat_params", "functional_losses",
-    "functional_outputs",
+    "batchable", "call_loss", "check_independent", "check_per_sample", "eval_mode", "flat_params",
+    "functional_losses", "functional_outputs",
 ]
 
 
@@ -218,3 +219,59 @@ def check_per_sample(model: nn.Module, what: str) -> None:
                 "where per-sample gradients are not defined (batch statistics couple the samples); pass "
                 "eval_mode=True (the default) or call model.eval() first"
             )
+
+
+def check_independent(model: nn.Module, loss_fn: LossFn, inputs: tuple[Tensor, ...], targets: Tensor,
+                      what: str) -> None:
+    """Refuse a model whose loss on one sample depends on the other samples of the batch.
+
+    Per-sample gradients (and so :math:`\\operatorname{tr}V`, the batch law of the gradient, the
+    per-sample norms) assume :math:`f_i` depends on sample :math:`i` only. BatchNorm in training mode,
+    a normalisation over the batch dimension, or attention across samples break that; both routes
+    would then compute something else, silently. The test: the loss of sample 0 in the batch
+    ``[x_0, x_1]`` and in ``[x_0, x_2]`` (``x_0`` for a batch of two) must agree, with the same random
+    state (dropout masks) for both forwards. The model's parameters, buffers and the global random
+    state are left as they were.
+
+    Raises:
+        ValueError: naming ``what`` and what to do.
+
+    >>> net = torch.nn.Linear(2, 2)
+    >>> ce = lambda out, y: torch.nn.functional.cross_entropy(out, y, reduction="none")
+    >>> check_independent(net, ce, (torch.randn(3, 2),), torch.zeros(3, dtype=torch.long), "trace_V")
+    """
+    batch = inputs[0].shape[0]
+    if batch < 2:
+        return
+    pairs = [(0, 1), (0, 2 if batch > 2 else 0)]
+    saved = {n: b.detach().clone() for n, b in model.named_buffers()}
+    devices = [t.device for t in inputs if t.device.type == "cuda"][:1]
+    losses = []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            for pair in pairs:
+                torch.manual_seed(0)  # the same dropout masks for both forwards
+                index = torch.tensor(pair, device=inputs[0].device)
+                xs = tuple(t.index_select(0, index) for t in inputs)
+                ys = targets.index_select(0, index.to(targets.device))
+                out = loss_fn(model(*xs), ys)
+                if not isinstance(out, Tensor) or out.shape != (2,):
+                    return  # not per-sample losses: the caller says so, with the shapes
+                losses.append(out[0].double())
+    except (*_CALL_ERRORS, ValueError):
+        return  # the caller's own forward on the whole batch reports what does not fit, with its shapes
+    finally:
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(saved[n])
+    a, b = losses
+    tol = 1e-3 if a.dtype != torch.float64 else 1e-9
+    scale = max(abs(float(a)), abs(float(b)), 1.0)
+    if not (abs(float(a) - float(b)) <= tol * scale) and math.isfinite(float(a) - float(b)):
+        raise ValueError(
+            f"{what}: the model mixes samples across the batch (the loss of sample 0 is {float(a):.6g} "
+            f"next to sample 1 and {float(b):.6g} next to sample {pairs[1][1]}), e.g. BatchNorm in training "
+            "mode or a normalisation over the batch dimension; per-sample gradients are then not defined. "
+            "Put such layers in eval mode (eval_mode=True, the default, does it for BatchNorm and dropout) "
+            "or use a per-sample normalisation (GroupNorm, LayerNorm)"
+        )

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
-from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_int
+from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_int, check_tensor
 from sam_tutorial.sgn.functional import batchable, flat_params, functional_losses
 from sam_tutorial.sgn.functional import eval_mode as _eval
 
@@ -206,6 +206,8 @@ def monte_carlo_moments(batch_grads: Tensor, full_grad: Tensor) -> MonteCarloMom
     >>> float(mc.sq_norm), float(mc.sq_norm_se), float(mc.trace_cov)
     (1.0, 0.0, 1.0)
     """
+    check_tensor("batch_grads", batch_grads, floating=True, finite=True)
+    check_tensor("full_grad", full_grad, floating=True, finite=True)
     if batch_grads.dim() != 2 or batch_grads.shape[0] < 2:
         raise ValueError(f"batch_grads must have shape [N, P] with N >= 2, got {tuple(batch_grads.shape)}")
     if full_grad.shape != batch_grads.shape[1:]:

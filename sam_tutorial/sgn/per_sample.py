@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_int
-from sam_tutorial.sgn.functional import check_per_sample, flat_params, functional_losses
+from sam_tutorial.sgn.functional import check_independent, check_per_sample, flat_params, functional_losses
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
 
 __all__ = ["per_sample_grads"]
@@ -46,6 +46,7 @@ def _grad_chunks(
     inputs = as_tuple(inputs)
     batch = check_batch(inputs, targets)
     check_per_sample(model, "per-sample gradients")
+    check_independent(model, loss_fn, inputs, targets, "per-sample gradients")
     fn = functional_losses(model, loss_fn)
     w = flat_params(model)
     step = _chunk_size(chunk_size, batch, w.numel())

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_int
+from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_int, check_tensor
 from sam_tutorial.sgn.fast_norms import ModuleReusedError, per_sample_sq_norms, supports_fast_norms
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
 from sam_tutorial.sgn.per_sample import _chunk_size, _grad_chunks
@@ -183,6 +183,9 @@ def sgn_trace(grads: Tensor) -> Tensor:
 
 
 def _check_grads(grads: Tensor) -> None:
+    """A stack of per-sample gradients: a floating tensor ``[n, P]``, n >= 1, every entry finite (a NaN
+    would make the trace NaN and reach the eigensolvers of :func:`sgn_spectrum`)."""
+    check_tensor("grads", grads, floating=True, finite=True)
     if grads.dim() != 2 or grads.shape[0] < 1:
         raise ValueError(f"grads must have shape [n, P] with n >= 1, got {tuple(grads.shape)}")
 

@@ -8,6 +8,7 @@ module              experiments
 ``reweighted``      chapter 5: ``rw-compare``, ``rw-study-compare``, ``rw-study-lambda``, ``rw-study-noise``
 ``controls``        chapters 4-5: ``controls-noise``, ``controls-escape`` (the CNN's memorising setting)
 ``paper``           chapter 6: the paper's Tables 1, 4 and 6 (``table*``)
+``deciding``        chapter 6: the runs that decide the paper's claims
 =================== ===============================================================================
 
 Importing this package registers each experiment in :data:`registry.EXPERIMENTS` (a module adds its own
@@ -16,6 +17,15 @@ chapter's experiments go in a new module here, imported below; an experiment tha
 why in ``cli_only``.
 """
 
-from sam_tutorial.engine.catalog import controls, m_sharpness, mlp, paper, registry, reweighted, smoke
+from sam_tutorial.engine.catalog import (
+    controls,
+    deciding,
+    m_sharpness,
+    mlp,
+    paper,
+    registry,
+    reweighted,
+    smoke,
+)
 
-__all__ = ["controls", "m_sharpness", "mlp", "paper", "registry", "reweighted", "smoke"]
+__all__ = ["controls", "deciding", "m_sharpness", "mlp", "paper", "registry", "reweighted", "smoke"]

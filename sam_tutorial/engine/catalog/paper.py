@@ -1,5 +1,6 @@
 """The paper's configurations (Tables 1, 4 and 6 of Luo et al., NeurIPS 2025) as experiments:
-CIFAR-10/100 with ResNet-18/50 and WRN-28-10, SGD / SAM / RW-SAM.
+CIFAR-10/100 with ResNet-18/50 and WRN-28-10, SGD / SAM / RW-SAM; and the experiments that would decide
+the book's open questions at the paper's scale (:mod:`sam_tutorial.engine.catalog.deciding`).
 
 They need CIFAR in the data folder and a GPU: ``paper`` mode is the paper's configuration (200 epochs),
 ``standard`` the same models and data for 10 epochs, ``quick`` a CPU-sized pipeline check (narrow
