@@ -31,16 +31,19 @@ PY ?= $(BIN)/python
 BENCH_JSON ?= _build/bench/bench-cpu.json
 GPU_OUT ?= _build/gpu-check
 
-.PHONY: all setup book test lint typecheck unit notebooks book-check browser-check bench gpu-check clean distclean help
+.PHONY: all setup book test lint imports typecheck unit notebooks colab-check book-check browser-check bench gpu-check \
+  gpu-book clean distclean help
 
 all: test
 
 help:
 	@echo "make book       build the HTML book in _build/html (executes chapters in standard mode, cached)"
-	@echo "make test       ruff, unit tests, notebooks in quick mode, and a -W -n check build of the book"
+	@echo "make test       ruff, import contracts, mypy, unit tests, notebooks in quick mode, a -W -n book build"
 	@echo "make browser-check  open every page of the built book in headless Chromium, offline; screenshots"
 	@echo "make bench      step-time ratios of the SAM family on this machine (JSON: BENCH_JSON=...)"
 	@echo "make gpu-check  gpu-marked tests + CUDA benchmark, <= 5 min (PY=python3 on a GPU machine)"
+	@echo "make gpu-book   every chapter in standard mode on CUDA, times in GPU_BOOK_JSON (PY=python3)"
+	@echo "make colab-check  every chapter from the notebook alone in a Colab-like environment (COLAB_MODE=quick)"
 	@echo "make setup      only create/update the private environment in $(VENV)"
 	@echo "make clean      remove build outputs and caches (keeps $(VENV)); distclean also removes $(VENV)"
 
@@ -61,11 +64,15 @@ book: $(STAMP)
 	@$(STAGE) book "check the HTML exists" test -f "$(BOOK_OUT)/_build/html/index.html"
 	@echo "The book is in $(BOOK_OUT)/_build/html/index.html"
 
-test: lint typecheck unit notebooks book-check
+test: lint imports typecheck unit notebooks colab-check book-check
 	@echo "make test: all stages passed"
 
 lint: $(STAMP)
 	@$(STAGE) test "ruff" "$(BIN)/ruff" check sam_tutorial tests tools
+
+# The direction of imports of ARCHITECTURE.md (contracts in pyproject.toml, [tool.importlinter]).
+imports: $(STAMP)
+	@$(STAGE) test "import contracts (import-linter)" "$(BIN)/lint-imports" --no-cache
 
 typecheck: $(STAMP)
 	@$(STAGE) test "mypy" "$(BIN)/mypy"
@@ -76,6 +83,17 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	@SAM_TUTORIAL_MODE=quick OMP_NUM_THREADS=1 $(STAGE) --allow-exit 5 test "notebooks (quick mode, nbmake)" \
 	  "$(BIN)/pytest" -n $(JOBS) -q -p no:cacheprovider --nbmake --nbmake-timeout=$(NB_CELL_TIMEOUT) book
+
+# Every chapter from the notebook alone, as a Colab reader runs it (tools/colab_check.py): an environment with
+# only Colab's usual packages and torch (made once in $(COLAB_ENV), never holding the package), each notebook
+# copied alone into an empty folder, its bootstrap cell installing the package from a copy of this checkout
+# with pip offline ($$SAM_TUTORIAL_INSTALL, PIP_NO_INDEX), then executed. COLAB_MODE=standard before a release.
+COLAB_ENV ?= $(VENV)-colab
+COLAB_MODE ?= quick
+colab-check: $(STAMP)
+	@OMP_NUM_THREADS=1 $(STAGE) test "colab-check: every chapter from the notebook alone ($(COLAB_MODE) mode)" \
+	  "$(BIN)/python" tools/colab_check.py --env "$(COLAB_ENV)" --out _build/colab-check --mode $(COLAB_MODE) \
+	  --jobs $(JOBS) --torch "$(TORCH_PIN)"
 
 # The notebooks were just executed by nbmake; this build checks every page, reference, citation and
 # directive with execution off, in its own folder, so it neither runs them again nor touches the
@@ -121,9 +139,15 @@ gpu-check:
 	@PYTHONPATH=. $(STAGE) gpu-check "benchmark (CUDA)" "$(PY)" -m sam_tutorial bench --device cuda \
 	  --rounds 10 --json "$(GPU_OUT)/bench-cuda.json"
 
+# No .venv either: every chapter in standard mode on CUDA with the GPU machine's python3 (PY=python3), the
+# package from this folder; per-chapter times, failures and provenance in $(GPU_BOOK_JSON). Aim: <= 8 min.
+GPU_BOOK_JSON ?= _build/gpu-book/gpu-book.json
+gpu-book:
+	@$(STAGE) gpu-book "every chapter in standard mode on CUDA" "$(PY)" tools/gpu_book.py --json "$(GPU_BOOK_JSON)"
+
 clean:
 	rm -rf _build .pytest_cache .ruff_cache *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf "$(VENV)"
+	rm -rf "$(VENV)" "$(COLAB_ENV)"

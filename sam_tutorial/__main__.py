@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from sam_tutorial import config
@@ -231,13 +232,17 @@ def _data_root(args: argparse.Namespace) -> str | None:
         raise UserError("--data-root '' names no folder (it would put the data cache in the working "
                         "directory); give a folder, or leave the flag out for $SAM_TUTORIAL_DATA or "
                         "~/.cache/sam_tutorial")
+    if root is not None:
+        config.check_folder("--data-root", root)
     return root
 
 
 def _out(args: argparse.Namespace) -> str | None:
     from sam_tutorial.engine.runs import runs_root
 
-    runs_root(args.out, name="--out")  # refuses an empty path or a file
+    root = runs_root(args.out, name="--out")  # refuses an empty path or a file
+    config.check_folder("--out" if args.out is not None else "$SAM_TUTORIAL_RUNS", root,
+                        writable=args.handler is _run)
     return args.out
 
 
@@ -293,6 +298,11 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but CUDA is not available on this machine; use --device cpu")
+    if args.json is not None:  # before the timed steps, not after them
+        json_path = Path(args.json).expanduser()
+        if json_path.is_dir() or not args.json.strip():
+            raise UserError(f"--json {args.json!r} is a folder; give a file path, e.g. bench.json")
+        config.check_folder("--json's folder", json_path.parent, writable=True)
     bench.main(device=args.device, model=args.model, batch=args.batch, json_path=args.json,
                rounds=args.rounds)
     return 0

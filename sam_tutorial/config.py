@@ -30,6 +30,7 @@ import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any, Literal, get_args
 
@@ -61,6 +62,7 @@ __all__ = [
     "check_bool",
     "check_device",
     "check_float_dtype",
+    "check_folder",
     "check_int",
     "check_nonneg",
     "check_seed",
@@ -382,6 +384,32 @@ def check_tensor(name: str, value: object, *, floating: bool = False, finite: bo
         raise UserError(f"{name} holds {bad} non-finite value(s) (NaN or inf); the result would be NaN or "
                         "meaningless: find where they come from (a diverged model, a bad input)")
     return value
+
+
+def check_folder(name: str, path: str | os.PathLike[str], *, writable: bool = False) -> Path:
+    """``path`` (``~`` expanded) if it is a folder or can be created as one (with ``writable``: by this
+    user), else ``UserError`` naming ``name``: an empty path (the working directory by accident), an
+    existing file, a file where a parent folder should be, a folder without write permission.
+    Nothing is created.
+
+    >>> check_folder("--out", "/tmp/some/new/folder").name
+    'folder'
+    """
+    if not str(os.fspath(path)).strip():
+        raise UserError(f"{name} {os.fspath(path)!r} names no folder (it would mean the working directory); "
+                        "give a folder path")
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{name} {folder} is a file; give a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{name} {folder} cannot be created: {existing} is a file, not a folder")
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
+        made = "is" if existing == folder else f"cannot be created: {existing} is"
+        raise UserError(f"{name} {folder} {made} not writable by this user; choose another folder")
+    return folder
 
 
 def check_float_dtype(name: str, dtype: object) -> torch.dtype:

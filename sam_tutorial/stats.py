@@ -516,18 +516,37 @@ class LinearFit:
     slope: float
     intercept: float
     slope_se: float
-    df: int
+    df: float
 
     def slope_interval(self, level: float = LEVEL) -> Interval:
         """The t-interval of the slope (infinite when ``df = 0``)."""
-        return _interval(self.slope, self.slope_se, self.df, level, self.df + 2)
+        n = self.df + 2 if math.isfinite(self.df) else 0
+        return _interval(self.slope, self.slope_se, self.df, level, int(n))
 
 
-def linear_fit(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> LinearFit:
-    """Ordinary least squares of ``y`` on ``x`` (at least two distinct ``x``)."""
+def linear_fit(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    sigma: Sequence[float] | np.ndarray | None = None,
+) -> LinearFit:
+    r"""Least squares of ``y`` on ``x`` (at least two distinct ``x``).
+
+    With ``sigma`` (known standard errors of the ``y``, e.g. Monte Carlo errors) the fit is weighted,
+    :math:`w_i=1/\sigma_i^2`, and the slope's s.e. is :math:`1/\sqrt{\sum_i w_i(x_i-\bar x_w)^2}` on
+    ``df = inf`` (the errors are known, not estimated from the residuals).
+    """
     xa, ya = _floats(x, "x"), _floats(y, "y")
     if xa.size != ya.size or xa.size < 2 or np.ptp(xa) == 0:
         raise ValueError(f"need >= 2 points with distinct x and equal lengths; got {xa.size}, {ya.size}")
+    if sigma is not None:
+        sa = _floats(sigma, "sigma")
+        if sa.size != xa.size or np.any(sa <= 0):
+            raise ValueError(f"sigma needs one positive error per point; got {sa.tolist()}")
+        w = 1.0 / sa**2
+        xm, ym = float(w @ xa / w.sum()), float(w @ ya / w.sum())
+        sxx = float(w @ (xa - xm) ** 2)
+        slope = float(w @ ((xa - xm) * (ya - ym)) / sxx)
+        return LinearFit(slope, ym - slope * xm, 1.0 / math.sqrt(sxx), math.inf)
     xc = xa - xa.mean()
     slope = float(xc @ (ya - ya.mean()) / (xc @ xc))
     intercept = float(ya.mean() - slope * xa.mean())
@@ -537,13 +556,19 @@ def linear_fit(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray)
     return LinearFit(slope, intercept, se, df)
 
 
-def loglog_fit(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> LinearFit:
+def loglog_fit(
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    sigma: Sequence[float] | np.ndarray | None = None,
+) -> LinearFit:
     r"""Least-squares line of :math:`\log y` on :math:`\log x`: the slope is the fitted order of a power
-    law :math:`y\propto x^b` (positive ``x``, ``y`` only)."""
+    law :math:`y\propto x^b` (positive ``x``, ``y`` only). ``sigma``: known errors of ``y``, propagated as
+    :math:`\sigma_i/y_i` on :math:`\log y_i` (see :func:`linear_fit`)."""
     xa, ya = _floats(x, "x"), _floats(y, "y")
     if np.any(xa <= 0) or np.any(ya <= 0):
         raise ValueError(f"a log-log fit needs positive values; got x={xa.tolist()}, y={ya.tolist()}")
-    return linear_fit(np.log(xa), np.log(ya))
+    log_sigma = None if sigma is None else _floats(sigma, "sigma") / ya
+    return linear_fit(np.log(xa), np.log(ya), log_sigma)
 
 
 def loglog_slope(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:

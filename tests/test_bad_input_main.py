@@ -1,4 +1,4 @@
-"""Bad input and faults (issue 14, the command line): a clear ``error:`` line, exit status 2 for usage
+"""Bad input and faults (the command line): a clear ``error:`` line, exit status 2 for usage
 errors (1 for broken files), and nothing written: no result, checkpoint or ``.lock`` file."""
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 
 import numpy as np
 import pytest
@@ -165,3 +167,37 @@ def test_halving_time_interpolates() -> None:
     assert stats.halving_time([0, 1, 2, 3], [8.0, 6.0, 4.0, 3.0]) == 2.0
     assert stats.halving_time([0, 2], [4.0, 0.0]) == 1.0
     assert stats.halving_time([0, 1], [4.0, 3.0]) == math.inf
+
+
+def test_weighted_fit_uses_the_known_errors() -> None:
+    x = np.array([0.0, 1.0, 2.0, 3.0])
+    sigma = np.array([0.1, 0.2, 0.1, 0.4])
+    fit = stats.linear_fit(x, 2 * x + 1, sigma)
+    w = 1 / sigma**2
+    xm = (w * x).sum() / w.sum()
+    assert fit.slope == pytest.approx(2) and fit.slope_se == pytest.approx(
+        1 / math.sqrt((w * (x - xm) ** 2).sum())
+    )
+    assert math.isinf(fit.df)
+    # the stated s.e. is the spread of the fitted slope under those errors
+    rng = np.random.default_rng(5)
+    slopes = [stats.linear_fit(x, 2 * x + rng.normal(0, sigma), sigma).slope for _ in range(4000)]
+    assert np.std(slopes) == pytest.approx(fit.slope_se, rel=0.05)
+    assert stats.loglog_fit([1, 2], [1, 4], [0.1, 0.4]).slope_se == pytest.approx(
+        math.sqrt(0.1**2 + 0.1**2) / math.log(2)
+    )
+
+
+def test_kendall_tau_known_values() -> None:
+    # scipy.stats.kendalltau's documented example (tau-b with ties)
+    assert stats.kendall_tau([12, 2, 1, 12, 2], [1, 4, 7, 1, 0]) == pytest.approx(-0.47140452079103173)
+    assert stats.kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+
+
+def test_kendall_tau_without_ties_counts_pairs() -> None:
+    rng = random.Random(0)
+    x = [rng.random() for _ in range(9)]
+    y = [rng.random() for _ in range(9)]
+    pairs = list(itertools.combinations(range(9), 2))
+    brute = sum(1 if (x[i] - x[j]) * (y[i] - y[j]) > 0 else -1 for i, j in pairs) / len(pairs)
+    assert stats.kendall_tau(x, y) == pytest.approx(brute)

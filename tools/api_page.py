@@ -22,6 +22,7 @@ SECTIONS = (
     ("sam_tutorial.theory", "toy problems, recursions, the SDE"),
     ("sam_tutorial.engine", "data, models, training, experiments"),
     ("sam_tutorial.engine.catalog", "the named experiments"),
+    ("sam_tutorial.reproduction", "claims, checks, the status rule, the scoreboard"),
     ("sam_tutorial.chapters", "helpers of the book's chapters"),
 )
 
@@ -56,6 +57,13 @@ layout and the direction of imports are in `ARCHITECTURE.md` at the root of the 
 
 ```{eval-rst}
 .. automodule:: sam_tutorial.stats
+   :members:
+```
+
+## `sam_tutorial.published`: the numbers taken from publications, with their sources
+
+```{eval-rst}
+.. automodule:: sam_tutorial.published
    :members:
 ```
 """

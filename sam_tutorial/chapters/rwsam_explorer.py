@@ -59,11 +59,12 @@ def batch_scores(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], 
                  mask: Tensor | None = None) -> BatchScores:
     """Scores of one batch by each method, all with the same shared Rademacher probe."""
     probe = rademacher_probe(model, torch.Generator().manual_seed(seed))
-    scores = {m: probe_scores(model, loss_fn, x, y, method=m, probe=probe, delta=delta).detach()
+    # on the CPU: the panels hand them to NumPy and Matplotlib, whatever device the model is on
+    scores = {m: probe_scores(model, loss_fn, x, y, method=m, probe=probe, delta=delta).detach().cpu()
               for m in methods}
     norms = scores["norm"] / SQRT_2_OVER_PI if "norm" in scores else \
-        probe_scores(model, loss_fn, x, y, method="norm") / SQRT_2_OVER_PI
-    return BatchScores(norms.detach(), scores, mask)
+        probe_scores(model, loss_fn, x, y, method="norm").cpu() / SQRT_2_OVER_PI
+    return BatchScores(norms.detach(), scores, None if mask is None else mask.cpu())
 
 
 def weights_panel(ax: Axes, batch: BatchScores, method: str, lam: float) -> None:

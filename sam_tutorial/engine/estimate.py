@@ -1,13 +1,13 @@
 """What a catalogue run will cost, in device-hours, from measured step times (book chapter 6, "what the
 deciding experiments cost"; ``sam-tutorial plan``).
 
-Step times come from files in ``results/``, in three formats, each read into one :class:`StepTimes`
+Step times come from files in ``results/``, in two formats, each read into one :class:`StepTimes`
 (seconds per optimizer step at a batch of 128, per model and per *timing key*, :func:`timing_key`):
 
-* ``sam_tutorial.step-times/1``: ``tools/paper_smoke.py``, every catalogue variant of every paper model
-  timed inside the training loop on the device (the measured GPU times the estimates should rest on);
-* ``sam_tutorial.timing/1``: ``tools/time_paper_models.py`` (ResNet-18/50, WRN-28-10 at two small
-  batches on a CPU; a line ``t = a + b * batch`` through them is read at 128), with FLOPs per image;
+* ``sam_tutorial.timing/1``: ``tools/paper_smoke.py`` (every catalogue step cost of every paper model,
+  timed inside the training loop at the batch of 128 on the device: the measured GPU times the
+  estimates should rest on) and ``tools/time_paper_models.py`` (ResNet-18/50, WRN-28-10 at two small
+  batches on a CPU; a line ``t = a + b * batch`` through them is read at 128); both with FLOPs per image;
 * the benchmark's JSON (``sam-tutorial bench --json``, e.g. ``results/bench-cuda.json``): one model at
   its batch.
 
@@ -46,7 +46,7 @@ __all__ = [
     "BATCH",
     "CIFAR_TEST",
     "CIFAR_TRAIN",
-    "STEP_TIMES_FORMAT",
+    "TIMING_FORMAT",
     "TRACE_V_FACTOR",
     "StepTimes",
     "device_step_times",
@@ -57,7 +57,7 @@ __all__ = [
     "timing_key",
 ]
 
-STEP_TIMES_FORMAT = "sam_tutorial.step-times/1"
+TIMING_FORMAT = "sam_tutorial.timing/1"
 BATCH = 128
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 TRACE_V_FACTOR = 5.0
@@ -202,23 +202,16 @@ def experiment_hours(
 
 
 def read_step_times(path: str | os.PathLike[str]) -> StepTimes:
-    """Step times from a file in one of the three formats (module docstring).
+    """Step times from a file in one of the two formats (module docstring).
 
     Raises:
         ValueError: for a file in none of them (naming the file).
     """
-    from sam_tutorial.engine.storage import read_json
+    from sam_tutorial.engine.recorded import read_result
 
-    data = read_json(path)
+    data = read_result(path)  # the one reader of result files: format, provenance, values checked
     fmt = data.get("format")
-    if fmt == STEP_TIMES_FORMAT:
-        models = data["models"]
-        return StepTimes(str(data["provenance"]["device"]),
-                         {m: dict(v["seconds_per_step"]) for m, v in models.items()},
-                         {m: float(v["flops_per_image"]) for m, v in models.items()
-                          if v.get("flops_per_image")},
-                         (str(path),))
-    if fmt == "sam_tutorial.timing/1":
+    if fmt == TIMING_FORMAT:
         seconds = {m: {_timing_name(k): _at_batch(v["seconds_per_step"], k) for k in _keys(v)}
                    for m, v in data["models"].items()}
         flops = {m: float(v["flops_per_image"]) for m, v in data["models"].items()}
@@ -258,7 +251,7 @@ def device_step_times(
     folders: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], device_type: str = "cuda"
 ) -> StepTimes | None:
     """The best step times for ``device_type`` in ``folders`` (the first folder first): the paper smoke's
-    (``paper-smoke-*.json``) first, then the paper-model timings (``paper-timing-*.json``) and benchmarks
+    and paper-model timings (``paper-smoke-*.json``, ``paper-timing-*.json``) first, then benchmarks
     (``bench-*.json``) of that device; FLOPs per image from any of them. ``None`` if none was measured
     on that device."""
     found: list[StepTimes] = []

@@ -35,6 +35,8 @@ from typing import IO, Any
 
 import torch
 
+from sam_tutorial.config import check_folder
+
 __all__ = [
     "DataFileError",
     "CHECKPOINT_FORMAT",
@@ -79,6 +81,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
         write: called with a binary file object open for writing.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a folder; give a file path")
+    check_folder("the folder of " + str(path), path.parent)  # a file where a folder should be, named
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:

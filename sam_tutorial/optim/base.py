@@ -13,7 +13,7 @@ One step of any variant is the same sequence, only the gradient that builds the 
 ``rho = 0`` is one plain pass and a base step, so SGD runs through the same code as every variant it
 is compared with.
 
-Engineering choices (see ``shared/reference/sam-implementations.md`` for what other libraries get wrong):
+Engineering choices (each avoids a pitfall of other SAM implementations):
 
 * the base optimizer is any :class:`torch.optim.Optimizer` *instance*; ``param_groups`` and ``state``
   are the base optimizer's own objects, so LR schedulers attach to either; ``state_dict()`` is the base

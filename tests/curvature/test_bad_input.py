@@ -1,4 +1,4 @@
-"""Bad input (issue 14, curvature): m-sharpness over single samples of a BatchNorm model in training
+"""Bad input (curvature): m-sharpness over single samples of a BatchNorm model in training
 mode, and targets/inputs the loss or the model cannot take, get the package's own ``ValueError``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Bad input and faults (issue 14, the engine): data files, training configuration, checkpoints, result
+"""Bad input and faults (the engine): data files, training configuration, checkpoints, result
 files, runs, models, loader, label noise, the distributed launch. Every bad input gets an error that names
 the argument (or file) and what was expected, raised before anything changes."""
 

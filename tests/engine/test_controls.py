@@ -65,13 +65,15 @@ def test_choose_takes_the_best_mean_validation_accuracy_and_flags_an_edge() -> N
     recs = [_rec("sam", 0.4, 0.1, s, v, t) for s, v, t in ((0, 0.30, 0.5), (1, 0.20, 0.6))]
     recs += [_rec("sam", 0.4, 0.3, s, v, t) for s, v, t in ((0, 0.26, 0.4), (1, 0.26, 0.45))]
     recs += [_rec("sgd", 0.4, 0.0, s, 0.1, t) for s, t in ((0, 0.42), (1, 0.40))]
+    # a third seed of the radius 0.3 only: the choice still compares the two radii on seeds 0 and 1
+    recs.append(_rec("sam", 0.4, 0.3, 2, 0.0, 0.5))
     sam = C.choose(recs, "sam", 0.4)
     assert sam.rho == 0.3 and sam.val_acc == pytest.approx(0.26) and sam.edge  # 0.26 > mean(0.30, 0.20)
-    assert sam.test_acc == {0: 0.4, 1: 0.45}  # the test accuracy of the chosen radius, not the best test
+    assert sam.test_acc == {0: 0.4, 1: 0.45, 2: 0.5}  # the chosen radius's test accuracy, every seed
     sgd = C.choose(recs, "sgd", 0.4)
     assert not sgd.edge
     d = C.compare(sam, sgd)
-    ref = decide([0.4 - 0.42, 0.45 - 0.40], C.MIN_EFFECT)
+    ref = decide([0.4 - 0.42, 0.45 - 0.40], C.MIN_EFFECT)  # paired on the seeds both arms have
     assert d.verdict == ref.verdict and d.interval.mean == pytest.approx(ref.interval.mean)
     with pytest.raises(ValueError, match="no record of arm"):
         C.choose(recs, "m-sam-m8", 0.4)
@@ -92,6 +94,12 @@ def test_escape_band_is_the_mean_and_standard_error_over_seeds(tmp_path: Path) -
     assert acc == pytest.approx([0.31, 0.6])
     d = C.escape_decision(recs, "sam", "trace_V", 1.0, last=1)
     assert d.interval.mean == pytest.approx(t_interval([-1.0, -3.0, -5.0]).mean)
+    # a run that diverged is named and left out of the band and of the pairs
+    recs.append(rec("m-sam-m8", 0, [10.0, float("nan")], [0.1]))
+    recs += [rec("m-sam-m8", s, [10.0 + s, 5.0], [0.5]) for s in (1, 2)]
+    assert C.diverged(recs, "m-sam-m8") == [0] and C.diverged(recs, "sam") == []
+    assert C.escape_band(recs, "m-sam-m8", "trace_V")[0] == pytest.approx([11.5, 5.0])
+    assert C.escape_decision(recs, "m-sam-m8", "trace_V", 1.0, last=1).interval.n == 2
 
 
 def test_a_quick_escape_run_is_recorded_with_its_curves_and_loads(tmp_path: Path, monkeypatch) -> None:

@@ -75,11 +75,11 @@ def test_reads_the_packaged_timing_files() -> None:
     assert gpu.seconds["resnet18"]["sam"] == bench["times"]["sam"]
 
 
-def test_smoke_format_round_trip(tmp_path: Path) -> None:
-    path = tmp_path / "paper-smoke-cuda.json"
-    path.write_text(json.dumps({"format": estimate.STEP_TIMES_FORMAT, "batch": 128,
+def test_a_measured_file_wins_over_the_benchmark(tmp_path: Path) -> None:
+    path = tmp_path / "paper-timing-cuda.json"
+    path.write_text(json.dumps({"format": estimate.TIMING_FORMAT, "batches": [128],
                                 "models": {"resnet18": {"flops_per_image": 2.0,
-                                                        "seconds_per_step": {"sgd": 0.5}}},
+                                                        "seconds_per_step": {"128": {"sgd": 0.5}}}},
                                 "provenance": {"device": "cuda: test"}}))
     (tmp_path / "bench-cuda.json").write_text(json.dumps(
         {"device": "cuda: other", "model": "resnet18", "batch": 128, "times": {"sgd": 9.0, "sam": 1.5}}))

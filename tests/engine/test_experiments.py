@@ -21,6 +21,7 @@ from sam_tutorial.engine.experiments import (
 from sam_tutorial.engine.models import MODELS, build_model
 from sam_tutorial.engine.runs import run_hash
 from sam_tutorial.engine.storage import load_checkpoint
+from sam_tutorial.engine.train_config import TrainConfig
 from tests.engine.helpers import mnist1d_root, write_fake_cifar
 
 MODES = ("quick", "standard", "paper")
@@ -105,6 +106,28 @@ def test_cache_key_depends_on_mode_seed_and_experiment() -> None:
     keys = {run_hash(smoke, "standard", spec, 0, by), run_hash(smoke, "paper", spec, 0, by),
             run_hash(smoke, "standard", spec, 1, by), run_hash(rw, "standard", spec, 0, by)}
     assert len(keys) == 4
+
+
+def _pinned_run() -> tuple[runs.Experiment, runs.RunSpec]:
+    spec = runs.RunSpec("m-sam-m4", runs.DataSpec("mnist1d", n_train=64), "mlp",
+                        TrainConfig(optimizer="m-sam", rho=0.05, m=4, epochs=2, batch_size=16),
+                        model_options={"hidden": (8,)})
+    return runs.Experiment("pinned", "a hand-made run", lambda mode: [spec], {"quick": (0,)}), spec
+
+
+def test_cache_key_is_a_pure_function_of_the_run_and_is_pinned() -> None:
+    """Equal inputs built twice give the same key, and the key of a fixed run is pinned: a change of
+    the hashing (or of TrainConfig.to_dict) would orphan every cached and recorded result."""
+    (exp, spec), (exp2, spec2) = _pinned_run(), _pinned_run()
+    key = run_hash(exp, "quick", spec, 0, {spec.label: spec})
+    assert key == run_hash(exp2, "quick", spec2, 0, {spec2.label: spec2})
+    assert key == PINNED_KEY
+    other = runs.RunSpec(spec.label, spec.data, spec.model, TrainConfig(optimizer="m-sam", rho=0.05, m=8,
+                         epochs=2, batch_size=16), model_options=spec.model_options)
+    assert run_hash(exp, "quick", other, 0, {other.label: other}) != key
+
+
+PINNED_KEY = "20877ade7dba"
 
 
 def test_bad_arguments_raise_value_error(tmp_path: Path) -> None:

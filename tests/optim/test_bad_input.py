@@ -1,4 +1,4 @@
-"""Bad input and faults (issue 14, optimizers): every bad input gets an error that names the argument and
+"""Bad input and faults (optimizers): every bad input gets an error that names the argument and
 what was expected, raised before anything changes; every fault mid-step leaves weights, buffers, gradients,
 optimizer state and random generators exactly as before."""
 

@@ -1,4 +1,4 @@
-"""The optimizers in other people's training loops (issue 12): closures as frameworks call them, hand-written
+"""The optimizers in other people's training loops: closures as frameworks call them, hand-written
 loops, GradScaler idioms, frozen layers, exceptions, dict batches and Hugging Face-style models, clipping,
 checkpoints that torch tooling reads. Every test compares two independent computations or checks an
 invariant exactly."""
@@ -379,13 +379,20 @@ def test_msam_and_nsam_split_dict_batches(backend: str) -> None:
 
 
 def test_rwsam_takes_dict_batches_in_both_score_modes() -> None:
+    """A dict batch with loss_fn(model, batch) gives the same Gibbs weights and the same step as the
+    (inputs, targets, loss_fn) form of the same batch, and the weights are not uniform."""
     b = text_batch()
+    inputs = {k: v for k, v in b.items() if k != "labels"}
     for score in ("finite-difference", "exact"):
-        model = TinyClassifier()
-        opt = RWSAM(model, sgd(model), rho=0.1, lam=1.0, score=score, seed=0)
-        stats = opt.step(b, per_sample)
-        assert not bool(stats.skipped) and opt.last_weights is not None
-        assert opt.last_weights.shape == (12,)
+        a, c = TinyClassifier(), TinyClassifier()
+        opt_a = RWSAM(a, sgd(a), rho=0.1, lam=1.0, score=score, seed=0)
+        opt_c = RWSAM(c, sgd(c), rho=0.1, lam=1.0, score=score, seed=0)
+        stats = opt_a.step(b, lambda m, bb: CE(m(**bb)["logits"], bb["labels"]))
+        opt_c.step(inputs, b["labels"], CE)
+        assert not bool(stats.skipped) and opt_a.last_weights is not None and opt_c.last_weights is not None
+        torch.testing.assert_close(opt_a.last_weights, opt_c.last_weights, atol=1e-12, rtol=0)
+        assert float(opt_a.last_weights.max() - opt_a.last_weights.min()) > 1e-3
+        assert_params_equal(a, c, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- clipping

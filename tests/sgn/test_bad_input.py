@@ -1,4 +1,4 @@
-"""Bad input (issue 14, stochastic gradient noise): a BatchNorm model in training mode, targets that do
+"""Bad input (stochastic gradient noise): a BatchNorm model in training mode, targets that do
 not suit the loss, inputs the model cannot take. Each gets the package's own ``ValueError`` naming the
 problem, and the model (weights, buffers, train/eval flags) is left as it was."""
 

@@ -57,7 +57,15 @@ def test_sample_batches_with_replacement_are_iid_uniform() -> None:
 
 
 def test_sample_batches_repeat_with_the_default_generator() -> None:
-    assert torch.equal(monte_carlo.sample_batches(9, 4, 6), monte_carlo.sample_batches(9, 4, 6))
+    """The default is a generator seeded with 0: the same rows as an explicit seed 0, other rows than
+    seed 1, and the rows vary (a constant function would pass the first assert alone)."""
+    def seeded(seed: int) -> torch.Tensor:
+        return monte_carlo.sample_batches(9, 4, 6, generator=torch.Generator().manual_seed(seed))
+
+    default = monte_carlo.sample_batches(9, 4, 6)
+    assert torch.equal(default, monte_carlo.sample_batches(9, 4, 6))
+    assert torch.equal(default, seeded(0)) and not torch.equal(default, seeded(1))
+    assert len({tuple(row.sort().values.tolist()) for row in default}) > 1
 
 
 @pytest.mark.parametrize("chunk_size", [None, 2])

@@ -1,4 +1,4 @@
-"""Bad input (issue 14, theory): toy problems, discrete recursions and the SDE refuse a start point of
+"""Bad input (theory): toy problems, discrete recursions and the SDE refuse a start point of
 another dimension or dtype, a list, out-of-range seeds and non-finite problem settings with a
 ``ValueError`` naming the argument, instead of torch's error from inside ``vmap``."""
 

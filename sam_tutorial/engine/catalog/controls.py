@@ -40,7 +40,8 @@ from sam_tutorial.stats import Decision, decide, mean_se, paired_differences
 
 __all__ = [
     "ARMS", "CHANNELS", "Choice", "EPOCHS", "ESCAPE_EPOCHS", "ESCAPE_NOISE", "ESCAPE_RHO", "GRID",
-    "METRIC_SAMPLES", "MIN_EFFECT", "choose", "compare", "escape_band", "escape_decision", "record",
+    "METRIC_SAMPLES", "MIN_EFFECT", "choose", "compare", "diverged", "escape_band", "escape_decision",
+    "record",
     "NOISE", "N_TRAIN", "RW_DELTA", "RW_LAMS", "VAL_FRACTION", "arm_of", "curves_of", "noise_label",
 ]
 
@@ -270,7 +271,8 @@ class Choice:
     Attributes:
         arm, noise: which arm, which noise rate.
         rho, lam: the chosen radius and (RW-SAM) inverse temperature.
-        val_acc: its mean validation accuracy (on the split's own, noisy, labels).
+        val_acc: its mean validation accuracy (on the split's own, noisy, labels) over the seeds every
+            setting has.
         edge: True if the choice lies at the edge of a grid of more than one point (radius or λ).
         test_acc, train_acc, train_acc_clean: per seed, at the chosen setting (``train_acc`` is on the
             labels trained on, noisy ones included: SGD's is the positive control).
@@ -288,8 +290,10 @@ class Choice:
 
 
 def choose(records: Sequence[Mapping[str, Any]], arm: str, noise: float) -> Choice:
-    """The setting of ``arm`` at ``noise`` with the best mean validation accuracy (the book's protocol:
-    radii chosen on a validation split carved from the training set, never on the test set).
+    """The setting of ``arm`` at ``noise`` with the best mean validation accuracy over the seeds that every
+    setting has (the book's protocol: radii chosen on a validation split carved from the training set,
+    never on the test set; when only the chosen setting was rerun with more seeds, the choice rests on
+    the seeds of the whole grid).
 
     Raises:
         ValueError: if the records hold no run of that arm at that noise rate.
@@ -300,7 +304,11 @@ def choose(records: Sequence[Mapping[str, Any]], arm: str, noise: float) -> Choi
     settings: dict[tuple[float, float | None], list[Mapping[str, Any]]] = {}
     for r in rows:
         settings.setdefault((float(r["tags"]["rho"]), r["tags"].get("lam")), []).append(r)
-    val = {k: mean_se(_by_seed(v, "val_acc").values())[0] for k, v in settings.items()}
+    vals = {k: _by_seed(v, "val_acc") for k, v in settings.items()}
+    shared = set.intersection(*(set(v) for v in vals.values()))  # compare settings on the same seeds
+    if not shared:
+        raise ValueError(f"the settings of {arm!r} at noise {noise} share no seed: {vals}")
+    val = {k: mean_se([v[s] for s in shared])[0] for k, v in vals.items()}
     (rho, lam), best = max(val.items(), key=lambda kv: kv[1])
     rhos = sorted({k[0] for k in settings})
     lams = sorted({k[1] for k in settings if k[1] is not None})
@@ -332,21 +340,35 @@ def _series(records: Sequence[Mapping[str, Any]], rec: Mapping[str, Any], key: s
     return [float(start[0]["metrics"][key]) if start else math.nan, *map(float, c[key])]
 
 
-def escape_band(records: Sequence[Mapping[str, Any]], arm: str, key: str) -> tuple[list[float], list[float]]:
-    """Mean and standard error over seeds, per epoch 0..E, of ``key`` (``trace_V`` or ``test_acc``) for
-    one escape arm (figures 1-2 protocol)."""
-    rows = [_series(records, r, key) for r in _escape_runs(records, arm)]
-    cols = list(zip(*rows))
-    out = [mean_se(c) if len(c) > 1 else (float(c[0]), math.nan) for c in cols]
+def diverged(records: Sequence[Mapping[str, Any]], arm: str) -> list[int]:
+    """The seeds whose escape run of ``arm`` left the finite numbers (a non-finite tr V or accuracy)."""
+    def finite(rec: Mapping[str, Any]) -> bool:
+        return all(math.isfinite(v) for k in ("trace_V", "test_acc") for v in _series(records, rec, k))
+
+    return sorted(int(r["seed"]) for r in _escape_runs(records, arm) if not finite(r))
+
+
+def escape_band(records: Sequence[Mapping[str, Any]], arm: str,
+                key: str) -> tuple[list[float], list[float]]:
+    """Mean and standard error over the seeds that stayed finite (:func:`diverged`), per epoch 0..E, of
+    ``key`` (``trace_V`` or ``test_acc``) for one escape arm (figures 1-2 protocol); nan where no seed
+    did."""
+    bad = set(diverged(records, arm))
+    rows = [_series(records, r, key) for r in _escape_runs(records, arm) if int(r["seed"]) not in bad]
+    if not rows:
+        n = len(_series(records, _escape_runs(records, arm)[0], key))
+        return [math.nan] * n, [math.nan] * n
+    out = [mean_se(c) if len(c) > 1 else (float(c[0]), math.nan) for c in zip(*rows)]
     return [m for m, _ in out], [s for _, s in out]
 
 
 def escape_decision(records: Sequence[Mapping[str, Any]], arm: str, key: str, min_effect: float,
                     ref: str = "sgd", last: int = 3) -> Decision:
-    """The rule on ``arm - ref`` for ``key`` averaged over the last ``last`` epochs, paired by seed."""
-    def tail(rec: Mapping[str, Any]) -> float:
-        return sum(_series(records, rec, key)[-last:]) / last
+    """The rule on ``arm - ref`` for ``key`` averaged over the last ``last`` epochs, paired by the seeds
+    where both runs stayed finite."""
+    def tails(name: str) -> dict[Hashable, float]:
+        bad = set(diverged(records, name))
+        return {int(r["seed"]): sum(_series(records, r, key)[-last:]) / last
+                for r in _escape_runs(records, name) if int(r["seed"]) not in bad}
 
-    a: dict[Hashable, float] = {int(r["seed"]): tail(r) for r in _escape_runs(records, arm)}
-    b: dict[Hashable, float] = {int(r["seed"]): tail(r) for r in _escape_runs(records, ref)}
-    return decide(paired_differences(a, b), min_effect)
+    return decide(paired_differences(tails(arm), tails(ref)), min_effect)

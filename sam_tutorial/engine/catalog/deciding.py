@@ -25,8 +25,9 @@ batch before the softmax, and since the softmax ignores a shift, this is ``softm
 λ is measured **in units of the batch's score spread**. λ is then set by the effective batch it aims at
 (:func:`lam_for_effective_batch`): for standardised scores that are roughly Gaussian, the weights'
 effective batch ``1 / Σ p²`` is about ``B exp(-λ²)``, so ``λ = sqrt(ln(B / m_eff))``; ``m_eff = 64`` of
-``B = 128`` (λ ≈ 0.83) matches the paper's comparison with m-SAM(64). The runs log the effective batch
-they actually get, with the per-step metrics of :func:`~sam_tutorial.engine.train.fit` where present.
+``B = 128`` (λ ≈ 0.83) matches the paper's comparison with m-SAM(64). Scores are not Gaussian, so the
+runs log the effective batch they actually get, and the weight on mislabelled samples, per epoch (the
+per-step metrics of :func:`~sam_tutorial.engine.train.fit`).
 
 Choices the paper does not state (m-SAM's radius for every m, n-SAM's sample count, the λ footing, the
 escape protocol) are UNCONFIRMED and named in each experiment's notes (``sam-tutorial show NAME``).
@@ -51,7 +52,6 @@ __all__ = [
     "NSAM_SAMPLES",
     "QUESTIONS",
     "RW_TARGET",
-    "STEP_METRICS",
     "lam_for_effective_batch",
 ]
 
@@ -67,9 +67,6 @@ RW_TARGET = 64
 
 LAMBDA_TARGETS = (112, 96, 64, 32, 16, 8)
 """Effective batches of the λ sweep (Table 5), each turned into λ by :func:`lam_for_effective_batch`."""
-
-STEP_METRICS: tuple[str, ...] = ()
-"""Per-step optimizer metrics logged by the RW-SAM experiments, where ``fit`` offers them."""
 
 RW_RAW_LAM = 0.1
 """The chapters' λ on the raw scores (the catalogue's Table 1 arm), kept to show what transfers."""
@@ -129,8 +126,6 @@ def _spec(
         weight_decay=5e-4, augment=True, eval_train=False, metrics=("trace_V",), metric_samples=1000,
     )
     kw = _arm(arm or label.split("-noise")[0], rho, mode)
-    if kw["optimizer"] == "rw-sam" and STEP_METRICS:
-        base["step_metrics"] = STEP_METRICS
     base |= dict(train)
     tags = {"optimizer": kw["optimizer"], "model": model, "dataset": dataset, **extra}
     for key in ("m", "lam"):

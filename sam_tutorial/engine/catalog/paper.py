@@ -21,6 +21,7 @@ from sam_tutorial.engine.runs import (
     RunSpec,
 )
 from sam_tutorial.engine.train_config import TrainConfig
+from sam_tutorial.published import TABLE1, TABLE4, TABLE6  # the paper's numbers, with their sources
 
 __all__ = ["PAPER_MODELS", "PAPER_NOTES", "PAPER_SEEDS", "TABLE1", "TABLE4"]
 
@@ -105,16 +106,6 @@ def _table6_runs(mode: str) -> list[RunSpec]:
 PAPER_SEEDS = {"quick": (0,), "standard": (0,), "paper": (0, 1, 2)}
 
 
-TABLE1 = {
-    ("resnet18", "cifar10"): (95.62, 95.99, 96.24),
-    ("resnet50", "cifar10"): (95.64, 96.06, 96.34),
-    ("wrn28-10", "cifar10"): (96.47, 96.91, 97.11),
-    ("resnet18", "cifar100"): (78.91, 78.90, 79.31),
-    ("resnet50", "cifar100"): (79.55, 80.31, 80.83),
-    ("wrn28-10", "cifar100"): (81.55, 83.25, 83.52),
-}
-
-
 for (_model, _data), _paper in TABLE1.items():
     register(
         Experiment(
@@ -127,14 +118,6 @@ for (_model, _data), _paper in TABLE1.items():
             PAPER_NOTES,
         )
     )
-
-
-TABLE4 = {
-    0.2: (87.54, 90.01, 90.34),
-    0.4: (83.66, 86.40, 86.87),
-    0.6: (76.64, 78.79, 81.52),
-    0.8: (46.53, 37.69, 53.17),
-}
 
 
 for _noise, _paper in TABLE4.items():
@@ -156,8 +139,9 @@ for _noise, _paper in TABLE4.items():
 register(
     Experiment(
         "table6-resnet18-cifar10",
-        "paper Table 6: tr V at the solution, ResNet-18 on CIFAR-10 (paper: SGD 572.39, SAM 198.40, "
-        "RW-SAM 177.79)",
+        "paper Table 6: tr V at the solution, ResNet-18 on CIFAR-10 (paper: "
+        + ", ".join(f"{k} {v[0]:.2f}" for k, v in TABLE6.items())
+        + ")",
         _table6_runs,
         PAPER_SEEDS,
         "06_reproduction",

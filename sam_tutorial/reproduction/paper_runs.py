@@ -1,9 +1,6 @@
-"""Chapter 6's view of the paper's configurations: the paper's numbers with their source tags, the
-settings the catalogue had to choose (read from the catalogue's run specifications, not retyped), and the
-cost of the full tables, extrapolated from measured step times.
-
-Source tags (``reference/paper.md`` §0): ``[N]`` a third-party note of the paper (numbers without standard
-deviations), ``[A]`` the arXiv pages. The paper's full text was not available.
+"""Chapter 6's view of the paper's configurations: the paper's tables as rows (numbers from
+:mod:`sam_tutorial.published`), the settings the catalogue had to choose (read from the catalogue's run
+specifications, not retyped), and the cost of the full tables, extrapolated from measured step times.
 
 >>> table = paper_tables()
 >>> table["Table 1"][0]["SAM"], table["Table 4"][-1]["noise"]
@@ -19,11 +16,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sam_tutorial.published import CIFAR_TRAIN, TABLE1, TABLE2, TABLE4, TABLE6
+
 __all__ = [
-    "CIFAR_TRAIN",
-    "OVERHEAD_CLAIM",
-    "TABLE2",
-    "TABLE6",
     "assumed_settings",
     "bench_epoch_seconds",
     "default_of",
@@ -35,29 +30,6 @@ __all__ = [
     "table_cost",
 ]
 
-CIFAR_TRAIN = 50_000
-"""Training images per epoch of CIFAR-10/100."""
-
-TABLE2 = {
-    "ImageNet, ResNet-50": (76.67, 77.16, 77.37),
-    "ViT-B/16 fine-tuning, CIFAR-10": (98.24, 98.40, 98.58),
-    "ViT-B/16 fine-tuning, CIFAR-100": (88.71, 89.63, 89.89),
-}
-"""Paper Table 2 [N], top-1 accuracy (%) of the baseline (SGD; probably AdamW for ViT), SAM, RW-SAM."""
-
-TABLE6 = {"SGD": (572.39, 24.15), "SAM": (198.40, 6.20), "RW-SAM": (177.79, 5.10)}
-"""Paper Table 6 [N], tr V at the solution (mean ± std); model and data set UNCONFIRMED."""
-
-OVERHEAD_CLAIM = {"rw-sam/sam": 7 / 6, "m": 64, "m-sam/sam": 2.0}
-"""Claimed [N], RW-SAM matches m-SAM(m = 64) at about 1/6 extra time over SAM, while m-SAM(64) costs
-about 2x."""
-
-
-def _paper() -> Any:
-    from sam_tutorial.engine.catalog import paper
-
-    return paper
-
 
 def paper_experiments() -> list[str]:
     """Names of the catalogue's paper experiments (``table1-*``, ``table4-*``, ``table6-*``)."""
@@ -67,8 +39,7 @@ def paper_experiments() -> list[str]:
 
 
 def paper_tables() -> dict[str, list[dict[str, Any]]]:
-    """The paper's Tables 1, 2, 4 and 6 as rows (Tables 1 and 4 from the catalogue's constants)."""
-    paper = _paper()
+    """The paper's Tables 1, 2, 4 and 6 as rows, with the catalogue experiment of each row of Tables 1, 4."""
     names = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "wrn28-10": "WRN-28-10"}
     t1 = [
         {
@@ -79,7 +50,7 @@ def paper_tables() -> dict[str, list[dict[str, Any]]]:
             "RW-SAM": v[2],
             "experiment": f"table1-{m}-{d}",
         }
-        for (m, d), v in paper.TABLE1.items()
+        for (m, d), v in TABLE1.items()
     ]
     t2 = [{"setting": k, "baseline": v[0], "SAM": v[1], "RW-SAM": v[2]} for k, v in TABLE2.items()]
     t4 = [
@@ -90,7 +61,7 @@ def paper_tables() -> dict[str, list[dict[str, Any]]]:
             "RW-SAM": v[2],
             "experiment": f"table4-noise{round(q * 100)}",
         }
-        for q, v in paper.TABLE4.items()
+        for q, v in TABLE4.items()
     ]
     t6 = [{"optimizer": k, "tr V": v[0], "std": v[1]} for k, v in TABLE6.items()]
     return {"Table 1": t1, "Table 2": t2, "Table 4": t4, "Table 6": t6}

@@ -6,8 +6,8 @@ import inspect
 import json
 from pathlib import Path
 
-from sam_tutorial.chapters import unconfirmed
 from sam_tutorial.optim import RWSAM
+from sam_tutorial.reproduction import unconfirmed
 from sam_tutorial.theory import sde
 
 
@@ -23,10 +23,10 @@ def test_register_defaults_are_read_from_signatures() -> None:
 
 
 def test_scan_finds_mentions_and_skips_its_own_files(tmp_path: Path) -> None:
-    (tmp_path / "sam_tutorial" / "chapters").mkdir(parents=True)
+    (tmp_path / "sam_tutorial" / "reproduction").mkdir(parents=True)
     (tmp_path / "book").mkdir()
     (tmp_path / "sam_tutorial" / "m.py").write_text("x = 1\n# the radius is\n# UNCONFIRMED here\n")
-    (tmp_path / "sam_tutorial" / "chapters" / "unconfirmed.py").write_text("# UNCONFIRMED\n")
+    (tmp_path / "sam_tutorial" / "reproduction" / "unconfirmed.py").write_text("# UNCONFIRMED\n")
     cell = {"cell_type": "markdown", "source": ["intro\n", "λ is UNCONFIRMED.\n"]}
     (tmp_path / "book" / "01.ipynb").write_text(json.dumps({"cells": [cell]}))
     (tmp_path / "book" / "_template.ipynb").write_text(json.dumps({"cells": [cell]}))  # not a chapter

@@ -1,37 +1,14 @@
-"""Chapter 4's helpers: Kendall's tau, summaries of a sweep, halving times, recorded results."""
+"""Summaries of chapter 4's sweep, and its recorded result checked against the catalogue."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
-import random
 
 import pytest
 
-from sam_tutorial.chapters.msharpness import (
-    best_per_m,
-    halving_time,
-    kendall_tau,
-    mean_std,
-    summarise,
-)
 from sam_tutorial.engine.recorded import find_result, load_recorded
-
-
-def test_kendall_tau_known_values():
-    # scipy.stats.kendalltau's documented example (tau-b with ties)
-    assert kendall_tau([12, 2, 1, 12, 2], [1, 4, 7, 1, 0]) == pytest.approx(-0.47140452079103173)
-    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
-
-
-def test_kendall_tau_without_ties_counts_pairs():
-    rng = random.Random(0)
-    x = [rng.random() for _ in range(9)]
-    y = [rng.random() for _ in range(9)]
-    pairs = list(itertools.combinations(range(9), 2))
-    brute = sum(1 if (x[i] - x[j]) * (y[i] - y[j]) > 0 else -1 for i, j in pairs) / len(pairs)
-    assert kendall_tau(x, y) == pytest.approx(brute)
+from sam_tutorial.reproduction.sweeps import best_per_m, summarise
+from sam_tutorial.stats import mean_std
 
 
 def test_summarise_and_best_per_m():
@@ -41,11 +18,6 @@ def test_summarise_and_best_per_m():
     assert table[(8, 0.1)]["n"] == 2
     assert table[(8, 0.1)]["test_acc"] == pytest.approx(mean_std([0.6, 0.7]))
     assert best_per_m(table) == {8: 0.1, None: 0.0}
-
-
-def test_halving_time():
-    assert halving_time([0, 2, 4], [10.0, 6.0, 4.0]) == pytest.approx(2 + 2 * (1 / 2))
-    assert math.isinf(halving_time([0, 1], [1.0, 0.9]))
 
 
 def test_the_recorded_sweep_is_checked_against_the_catalogue(tmp_path):

@@ -1,13 +1,15 @@
 """The scoreboard's rows from result files (chapter 6), on synthetic files: statuses follow the rule."""
+# ruff: noqa: E501
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sam_tutorial.chapters import result_rows as rr
 from sam_tutorial.engine.record import write_result_file
-from sam_tutorial.engine.recorded import LoadedResults, RecordedFile
+from sam_tutorial.engine.recorded import LoadedResults, RecordedFile, find_result, load_recorded
 from sam_tutorial.engine.result_formats import BENCH_FORMAT
+from sam_tutorial.reproduction import result_rows as rr
+from sam_tutorial.reproduction import table_rows as tr
 
 
 def _study() -> dict:
@@ -38,10 +40,10 @@ def test_study_rows_follow_the_rule() -> None:
     uniform = next(r for (c, s), r in rows.items() if c == "C11" and "uniform" in s)
     weighted = next(r for (c, s), r in rows.items() if c == "C11" and "weighted" in s)
     assert uniform.status == "contradicted" and weighted.status == "reproduced"
-    assert "-10" in uniform.measured  # 80 - 90, not retyped
-    noise = next(r for (c, _), r in rows.items() if c == "T4 (analogue)")
-    assert "60%" in noise.statement and noise.status == "consistent"  # one seed
-    assert any(c == "≈ m-SAM" for c, _ in rows)
+    assert "-10" in uniform.measured and "3 paired seeds" in uniform.measured  # 80 - 90, not retyped
+    assert not any(c.startswith("T4") for c, _ in rows)  # no positive control in that regime: no row
+    equal = next(r for (c, s), r in rows.items() if c == "C10" and "uniform" in s)
+    assert equal.status == "contradicted"  # -0.8 pt on every seed: an effect, where the claim is a tie
     assert rr.study_rows(None)[0].status == "not attempted"
 
 
@@ -84,20 +86,18 @@ def test_msharpness_rows_compare_best_radii(tmp_path: Path) -> None:
         tmp_path / "m-sharpness-cnn.json",
         {"experiment": "m-sharpness-cnn", "mode": "paper", "records": records},
     )
-    acc, trv, nsam = rr.msharpness_rows(rec)
-    assert nsam.claim == "C6 (net, n-SAM)" and nsam.status == "consistent"  # tr V 4.0 ± 0.6 vs 4.0 ± 0.6
-    assert acc.status == "reproduced" and "+5" in acc.measured and trv.status == "reproduced"
+    acc, nsam = rr.msharpness_rows(rec)  # tr V at the solution is not a test of the claim: no row
+    assert nsam.claim == "C6" and nsam.status == "consistent"  # the same tr V seed by seed
+    assert acc.status == "reproduced" and "+5" in acc.measured and "m = 8" in acc.statement
     assert rr.msharpness_rows(None)[0].status == "not attempted"
 
 
 def test_paper_table_rows_use_recorded_files_only() -> None:
-    rows = rr.paper_table_rows(LoadedResults())
-    assert {r.status for r in rows} == {"not attempted"}
-    assert (
-        len([r for r in rows if r.claim.startswith("T1")]) == 12
-        and len([r for r in rows if r.claim == "T6"]) == 2
-    )
-    tie = next(r for r in rows if r.claim == "T1 resnet18 cifar100" and "SGD" in r.statement)
+    rows = tr.paper_table_rows(LoadedResults())
+    assert {r.status for r in rows if r.claim != "T2"} == {"not at this scale"}
+    assert {r.status for r in rows if r.claim == "T2"} == {"not attempted"}  # no catalogue entry
+    assert len([r for r in rows if r.claim == "T1"]) == 12 and len([r for r in rows if r.claim == "T6"]) == 2
+    tie = next(r for r in rows if r.statement.startswith("resnet18 cifar100:") and "SGD" in r.statement)
     assert "≈" in tie.statement  # 78.90 vs 78.91: a tie, no sign claimed
     recs = [
         {"label": lab, "seed": s, "metrics": {"test_acc": acc + 0.0005 * s}}
@@ -108,7 +108,11 @@ def test_paper_table_rows_use_recorded_files_only() -> None:
         Path("table1-resnet18-cifar10-paper.json"),
         {"experiment": "table1-resnet18-cifar10", "mode": "paper", "records": recs},
     )
-    rows = [r for r in rr.paper_table_rows(LoadedResults([fake])) if r.claim == "T1 resnet18 cifar10"]
+    rows = [
+        r
+        for r in tr.paper_table_rows(LoadedResults([fake]))
+        if r.claim == "T1" and r.statement.startswith("resnet18 cifar10:")
+    ]
     assert [r.status for r in rows] == ["reproduced", "contradicted"]
     assert rows[0].measured.startswith("96.05 vs 95.55")
 
@@ -125,4 +129,22 @@ def test_bench_rows(tmp_path: Path) -> None:
                       device="cuda: X", wall_seconds=1.0, commit="abc")
     c10, overhead = rr.bench_rows(tmp_path)
     assert c10.status == "reproduced" and overhead.status == "contradicted" and c10.scale.startswith("CUDA")
+    (tmp_path / "bench-cuda.json").unlink()
+    write_result_file(tmp_path / "bench-cpu.json", BENCH_FORMAT, {**bench, "device": "cpu"},
+                      command="sam-tutorial bench", device="cpu", wall_seconds=1.0, commit="abc")
+    assert rr.bench_rows(tmp_path)[1].status == "not at this scale"  # a GPU statement, measured on a CPU
     assert rr.bench_rows(tmp_path / "none")[0].status == "not attempted"
+
+
+def test_escape_rows_from_the_recorded_run() -> None:
+    """Chapter 4's escape run, recorded: the n-SAM row compares with SGD seed by seed (the values are the
+    file's, the status the rule's)."""
+    loaded = load_recorded(find_result("escape-standard.json").parent)
+    rec = loaded.get("escape")
+    rows = rr.escape_rows(rec)
+    assert len(rows) == 4 and {r.claim for r in rows} == {"C6"}
+    nsam = next(r for r in rows if "n-SAM" in r.statement)
+    tr_v = {lab: rec.values(lab, "trace_V") for lab in ("n-sam", "sgd")}
+    d = sum(tr_v["n-sam"]) / len(tr_v["n-sam"]) - sum(tr_v["sgd"]) / len(tr_v["sgd"])
+    assert f"{d:+.3g}" in nsam.measured and nsam.status in ("contradicted", "underpowered")
+    assert rr.escape_rows(None)[0].status == "not attempted"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sam_tutorial.chapters import paper_runs as pr
-from sam_tutorial.engine.catalog.paper import TABLE1, TABLE4
 from sam_tutorial.engine.experiments import get_experiment
+from sam_tutorial.published import TABLE1, TABLE4
+from sam_tutorial.reproduction import paper_runs as pr
 
 
 def test_tables_come_from_the_catalogue() -> None:

@@ -35,7 +35,7 @@ def _sig(path: str, name: str) -> Callable[[], Any]:
     def read() -> Any:
         import importlib
 
-        from sam_tutorial.chapters.paper_runs import default_of
+        from sam_tutorial.reproduction.paper_runs import default_of
 
         module, qual = path.split(":")
         obj: Any = importlib.import_module(module)
@@ -48,7 +48,7 @@ def _sig(path: str, name: str) -> Callable[[], Any]:
 
 def _setting(key: str) -> Callable[[], Any]:
     def read() -> Any:
-        from sam_tutorial.chapters.paper_runs import assumed_settings
+        from sam_tutorial.reproduction.paper_runs import assumed_settings
 
         return ", ".join(sorted(assumed_settings().get(key, {"—"})))
 
@@ -195,7 +195,7 @@ class Mention:
     text: str
 
 
-SELF = ("sam_tutorial/chapters/unconfirmed.py", "book/06_reproduction.ipynb")
+SELF = ("sam_tutorial/reproduction/unconfirmed.py", "book/06_reproduction.ipynb")
 """The register's own files, which name the word without being a reconstructed choice."""
 
 
