@@ -429,8 +429,8 @@ def as_tuple(inputs: Inputs) -> tuple[Tensor, ...]:
     return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
-def check_batch(inputs: tuple[Tensor, ...], targets: Tensor) -> int:
-    """The batch size of ``inputs`` and ``targets`` (dim 0).
+def check_batch(inputs: tuple[Tensor, ...], targets: Tensor | None = None) -> int:
+    """The batch size of ``inputs`` and ``targets`` (dim 0; ``targets=None`` for inputs alone).
 
     Raises:
         ValueError: if there are no inputs, no samples, or the inputs and targets disagree on it.
@@ -442,11 +442,12 @@ def check_batch(inputs: tuple[Tensor, ...], targets: Tensor) -> int:
         raise ValueError("inputs must be a tensor or a non-empty tuple of tensors")
     for i, t in enumerate(inputs):
         check_tensor("inputs" if len(inputs) == 1 else f"inputs[{i}]", t)
-    check_tensor("targets", targets)
+    if targets is not None:
+        check_tensor("targets", targets)
     size = inputs[0].shape[0] if inputs[0].dim() > 0 else 0
     if size == 0:
         raise ValueError("inputs must hold at least one sample (batch on dim 0)")
-    for t in (*inputs[1:], targets):
+    for t in (*inputs[1:], *([] if targets is None else [targets])):
         if t.dim() == 0 or t.shape[0] != size:
             raise ValueError(
                 f"inputs and targets must share the batch size on dim 0; got {size} and {tuple(t.shape)}"

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from sam_tutorial.__main__ import main
 from sam_tutorial.config import MissingExtra, UserError, check_folder
 from sam_tutorial.curvature.hessian import lanczos, top_eigenvalues
-from sam_tutorial.curvature.hutchinson import make_probes, probe_variance
+from sam_tutorial.curvature.hutchinson import hessian_trace, make_probes, probe_variance
+from sam_tutorial.curvature.sharpness import sam_sharpness
 from sam_tutorial.engine.data import Dataset, data_root, load_dataset
 from sam_tutorial.engine.distributed import DistContext, shard
 from sam_tutorial.engine.experiments import load_results, run_experiment
@@ -35,6 +36,7 @@ from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM
 from sam_tutorial.sgn.batches import batch_distribution, batch_grad_moments
 from sam_tutorial.sgn.curvature_noise import covariance_of_moments
 from sam_tutorial.sgn.fast_norms import ModuleReusedError, per_sample_sq_norms, supports_fast_norms
+from sam_tutorial.sgn.fisher import fisher_trace, sample_model_labels
 from sam_tutorial.sgn.monte_carlo import monte_carlo_moments
 from sam_tutorial.sgn.per_sample import per_sample_grads
 from sam_tutorial.sgn.reweighting import maximize_unrelaxed
@@ -513,3 +515,18 @@ def test_a_nan_parameter_into_the_eigensolver_is_named() -> None:
         top_eigenvalues(model, ce, x, y, k=1, n_iter=4)
     assert all(torch.equal(a, b) or (a.isnan() == b.isnan()).all()
                for a, b in zip(before.values(), model.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x, y: fisher_trace(m, x.numpy()),
+    lambda m, x, y: sample_model_labels(m, x.numpy()),
+    lambda m, x, y: hessian_trace(m, ce, x.numpy(), y, n_probes=2),
+    lambda m, x, y: sam_sharpness(m, ce, x.numpy(), y, rho=0.05),
+])
+def test_numpy_inputs_everywhere_in_the_tools(call: Callable[..., Any]) -> None:
+    model = _mlp()
+    before = _state(model)
+    x, y = _batch()
+    with pytest.raises(ValueError, match="inputs must be a torch.Tensor, got ndarray; it is a NumPy array"):
+        call(model, x, y)
+    assert _same(model, before)

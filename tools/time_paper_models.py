@@ -36,10 +36,15 @@ from sam_tutorial.engine.record import write_result_file
 from sam_tutorial.engine.result_formats import TIMING_FORMAT
 
 CE = torch.nn.CrossEntropyLoss(reduction="none")
+PAPER_BATCH = 128  # the paper's batch size, which the chapter extrapolates the timed batches to
 
 
 def factories(batch: int, backends: tuple[str, ...]) -> dict[str, Callable[[torch.nn.Module], Any]]:
-    """SGD, SAM, m-SAM with B/m = 2 (the paper's m = 64 of 128), RW-SAM; SGD with momentum as the base."""
+    """SGD, SAM, m-SAM with B/m = 2, RW-SAM; SGD with momentum as the base.
+
+    m-SAM is timed at m = B/2 of each timed batch B and labelled by the configuration the fit over B
+    extrapolates to: the paper's m = 64 of its batch of 128 (``m-sam-m64-loop``).
+    """
 
     def base(model: torch.nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
@@ -50,7 +55,7 @@ def factories(batch: int, backends: tuple[str, ...]) -> dict[str, Callable[[torc
         "rw-sam": lambda model: RWSAM(model, base(model), rho=0.05, lam=0.1, delta=0.01, seed=0),
     }
     for backend in backends:
-        out[f"m-sam-half-{backend}"] = lambda model, backend=backend: MSAM(
+        out[f"m-sam-m{PAPER_BATCH // 2}-{backend}"] = lambda model, backend=backend: MSAM(
             model, base(model), rho=0.05, m=batch // 2, backend=backend
         )
     return out

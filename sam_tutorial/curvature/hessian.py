@@ -92,6 +92,8 @@ def hessian_vector_product(
 ) -> Tensor:
     r""":math:`Hv` for the Hessian :math:`H=\nabla^2 f` of the mean per-sample loss over the batch.
 
+    Book: chapter 2, "Near a minimum"; paper: §3.5.
+
     Args:
         model: the network (not modified).
         loss_fn: per-sample loss, ``loss_fn(outputs, targets) -> [B]``.
@@ -127,6 +129,8 @@ def hessian_matrix(
 ) -> Tensor:
     r"""The explicit Hessian :math:`\nabla^2 f` ``[P, P]`` (for small models and toy problems).
 
+    Book: chapter 2, "Near a minimum"; paper: §3.5.
+
     Built from :math:`P` batched Hessian-vector products with the unit vectors and symmetrised.
 
     Args:
@@ -158,6 +162,8 @@ def lanczos(
     device: torch.device | str | None = None,
 ) -> Tensor:
     r"""Ritz values of a symmetric linear operator from ``n_iter`` Lanczos steps, ascending.
+
+    Book: chapter 2, "Spectra: more than the traces"; paper: §3.5.
 
     Builds an orthonormal Krylov basis :math:`Q` with full re-orthogonalisation (two classical
     Gram-Schmidt passes a step) and returns the eigenvalues of the tridiagonal
@@ -240,6 +246,8 @@ def top_eigenvalues(
     eval_mode: bool = True,
 ) -> Tensor:
     r"""The ``k`` largest (algebraic) eigenvalues of the Hessian :math:`\nabla^2 f`, by Lanczos.
+
+    Book: chapter 2, "Spectra: more than the traces"; paper: §3.5.
 
     Each Lanczos step costs one Hessian-vector product. Ritz values converge to the extreme
     eigenvalues first; the default Krylov dimension :math:`\min(P, \max(2k+30, 40))` is ample for

@@ -34,6 +34,8 @@ def make_probes(
 ) -> Tensor:
     r"""``n`` random probe vectors with :math:`\mathbb E zz^\top=I`, shape ``[n, dim]``.
 
+    Book: chapter 2, "Near a minimum"; paper: §3.5.
+
     Args:
         n: number of probes.
         dim: their dimension.
@@ -61,6 +63,8 @@ def make_probes(
 
 def probe_variance(matrix: Tensor, *, kind: str = "rademacher") -> Tensor:
     r"""The variance of one Hutchinson sample :math:`z^\top Az` (closed form, claim C9).
+
+    Book: chapter 5, "The estimator"; paper: claim C9.
 
     For symmetric :math:`A`: :math:`2(\|A\|_F^2-\sum_j A_{jj}^2)` with Rademacher probes and
     :math:`2\|A\|_F^2` with Gaussian ones. A non-symmetric :math:`A` is replaced by its symmetric
@@ -105,6 +109,8 @@ def hessian_trace(
 ) -> Tensor:
     r"""Hutchinson's estimate :math:`\frac1N\sum_{s=1}^N z_s^\top\nabla^2 f\,z_s` of
     :math:`\operatorname{tr}\nabla^2 f`.
+
+    Book: chapter 2, "Near a minimum"; paper: §3.5.
 
     Unbiased for either probe; its variance is :func:`probe_variance` of the Hessian divided by
     ``n_probes`` (zero for a diagonal Hessian with Rademacher probes). Probes are processed in blocks
@@ -154,6 +160,8 @@ def hutchinson_samples(
 ) -> Tensor:
     r"""The per-probe values :math:`z_s^\top\nabla^2 f\,z_s`, shape ``[n_probes]``, whose mean is
     :func:`hessian_trace` (and whose standard deviation over :math:`\sqrt N` is its standard error).
+
+    Book: chapter 2, "Near a minimum"; paper: §3.5.
 
     Arguments and errors as :func:`hessian_trace`.
 

@@ -109,6 +109,8 @@ def m_sharpness(
 ) -> Tensor:
     r"""m-sharpness :math:`S_m` (module docstring) over the given samples, micro-batches in order.
 
+    Book: chapter 4, "A real network: MNIST-1D"; paper: the sharpness of Eq. (2) over micro-batches of m.
+
     Args:
         model: the network (not modified).
         loss_fn: per-sample loss, ``loss_fn(outputs, targets) -> [B]``.
@@ -192,6 +194,8 @@ def sam_sharpness(
     :math:`\frac mn\sum_j f_{I_j}(w+e_j)-f_{I_j}(w)` with :math:`e_j=\rho\,g_j/\|g_j\|`,
     :math:`g_j=\nabla f_{I_j}(w)` (USAM: :math:`e_j=\rho\,g_j`).
 
+    Book: chapter 4, "A real network: MNIST-1D"; paper: the sharpness of Eq. (2) over micro-batches of m.
+
     To first order this is :math:`\rho\,\frac mn\sum_j\|g_j\|`, the quantity SAM's implicit
     regulariser :math:`\rho\,\mathbb E\|\nabla f_I\|` averages (paper §4.2). It equals
     :func:`m_sharpness` with one normalised ascent step of size ``rho``.
@@ -244,6 +248,8 @@ def average_sharpness(
     eval_mode: bool = True,
 ) -> Tensor:
     r"""Average-case sharpness :math:`\mathbb E_{\delta\sim N(0,\sigma^2 I)}f(w+\delta)-f(w)`.
+
+    Book: chapter 4, "A real network: MNIST-1D"; paper: the sharpness of Eq. (2) over micro-batches of m.
 
     For a quadratic loss it equals :math:`\frac{\sigma^2}2\operatorname{tr}\nabla^2 f` exactly, so it
     is a Gaussian-probe trace estimate. With ``antithetic=True`` every draw is used as

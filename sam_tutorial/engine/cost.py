@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sam_tutorial.config import LossFn
 from sam_tutorial.optim import PerturbedOptimizer
@@ -44,7 +45,9 @@ __all__ = [
     "Factory",
     "PassCount",
     "PlainStep",
+    "OpCount",
     "count_buffers",
+    "count_ops",
     "count_passes",
     "held_tensors",
     "step_times",
@@ -206,6 +209,63 @@ class PlainStep:
         loss.backward()
         self.base.step()
         return loss.detach()
+
+
+class OpCount(NamedTuple):
+    """Operators dispatched during one call (after autograd and ``torch.func`` expanded them)."""
+
+    kernels: int
+    """operators that run a kernel: a proxy for GPU kernel launches (a foreach op counts once)."""
+
+    dispatched: int
+    """every operator, views and metadata included (host-side cost)."""
+
+    syncs: int
+    """host synchronisations: ``.item()``, ``bool()`` of a tensor, ``nonzero``, ``equal``."""
+
+
+NO_KERNEL_OPS = frozenset({
+    "view", "_unsafe_view", "t", "transpose", "expand", "permute", "unsqueeze", "squeeze", "slice", "select",
+    "as_strided", "detach", "alias", "split", "split_with_sizes", "unbind", "view_as_real", "_reshape_alias",
+    "reshape", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh",
+    "chunk", "narrow", "unfold", "diagonal", "real", "imag", "_conj", "resolve_conj", "resolve_neg", "set_",
+    "_has_compatible_shallow_copy_type", "is_same_size", "sym_size", "sym_stride", "sym_numel",
+    "promote_types", "_record_function_enter_new", "_record_function_exit", "_has_same_storage_numel",
+})
+"""Operators that launch no kernel (views, allocation without initialisation, metadata, profiler marks)."""
+
+SYNC_OPS = frozenset({"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "item"})
+"""Operators that wait for the device to hand a value to the host."""
+
+
+class _Counter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(step: Callable[[], Any]) -> OpCount:
+    """The operators one call of ``step`` dispatches, counted by a ``TorchDispatchMode``.
+
+    Independent of the device's speed and of machine load, so ratios of counts can be compared across
+    machines; on a GPU each kernel-running operator is (about) one kernel launch.
+
+    >>> model = torch.nn.Linear(3, 2)
+    >>> count_ops(lambda: model(torch.ones(4, 3))).kernels
+    1
+    """
+    with _Counter() as counter:
+        step()
+    names = counter.names
+    return OpCount(
+        kernels=sum(n not in NO_KERNEL_OPS for n in names),
+        dispatched=len(names),
+        syncs=sum(n in SYNC_OPS for n in names),
+    )
 
 
 def sync(device: torch.device) -> None:

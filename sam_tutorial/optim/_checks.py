@@ -1,5 +1,5 @@
-"""Checks of what users hand the SAM family (private): model and base, batches, checkpoints, and the
-type of every keyword argument of a constructor (:func:`typed_init`, from its annotations).
+"""Checks of what users hand the SAM family (private): model and base, batches (checkpoints: ``_state``),
+and the type of every keyword argument of a constructor (:func:`typed_init`, from its annotations).
 
 Each raises ``ValueError`` (or ``RuntimeError`` for the grad mode) naming the argument and what was
 expected, before anything is changed.
@@ -84,42 +84,6 @@ def task(
     if batch_size != nt:
         raise ValueError(f"targets has {nt} samples but inputs has {batch_size}; they must match")
     return (inputs, targets), TargetsForm(loss_fn)
-
-
-def check_base_state(base: torch.optim.Optimizer, sd: Mapping[str, Any]) -> None:
-    """Refuse a base checkpoint of another kind of optimizer or of another architecture."""
-    groups, state = sd.get("param_groups"), sd.get("state")
-    if not isinstance(groups, list) or not isinstance(state, Mapping):
-        raise ValueError("state_dict['param_groups'] must be a list and state_dict['state'] a dict")
-    if len(groups) != len(base.param_groups):
-        raise ValueError(
-            f"the checkpoint has {len(groups)} parameter groups, this optimizer "
-            f"{len(base.param_groups)}"
-        )
-    ids: dict[Any, Tensor] = {}
-    for i, (saved, cur) in enumerate(zip(groups, base.param_groups)):
-        if not isinstance(saved, Mapping) or len(saved.get("params", ())) != len(cur["params"]):
-            raise ValueError(f"parameter group {i} of the checkpoint has another number of parameters")
-        unknown = sorted(set(saved) - set(cur))
-        if unknown:
-            raise ValueError(
-                f"the checkpoint's parameter groups have settings {unknown} that this "
-                f"{type(base).__name__} does not have: it was saved by another kind of base "
-                "optimizer"
-            )
-        ids.update(zip(saved["params"], cur["params"]))
-    for pid, st in state.items():
-        p = ids.get(pid)
-        if p is None or not isinstance(st, Mapping):
-            raise ValueError(f"the checkpoint has state for a parameter id {pid!r} it does not list")
-        for key, v in st.items():
-            if isinstance(v, Tensor) and v.ndim > 0 and v.shape != p.shape and (
-                v.ndim == p.ndim or v.numel() == p.numel()
-            ):
-                raise ValueError(
-                    f"state {key!r} of a parameter has shape {tuple(v.shape)} but the parameter has "
-                    f"{tuple(p.shape)}: the checkpoint is of another architecture"
-                )
 
 
 # ----------------------------------------------------------------------------- typed keyword arguments

@@ -24,6 +24,7 @@ class Engine:
     model: nn.Module
     rho: float
     normalize: bool
+    ddp: bool
     skip_nonfinite: bool
     max_grad_norm: float | None
     _scaler: torch.amp.GradScaler | None
@@ -36,6 +37,9 @@ class Engine:
     _stateless_ids: set[int]
     _scale: Tensor | None
     _base_done: bool
+    _host_skip: bool
+    _shared: Any
+    _capturable_groups: set[int]
 
     # ----------------------------------------------------------------- weights
     def _refresh_groups(self) -> list[Group]:
@@ -63,6 +67,7 @@ class Engine:
         for g in self.param_groups:
             if g.get("capturable") is False and any(p.device.type == "cuda" for p in g["params"]):
                 g["capturable"] = True
+                self._capturable_groups.add(id(g))
                 for p in g["params"]:
                     for k, v in self.base.state.get(p, {}).items():
                         if isinstance(v, Tensor) and v.device != p.device:
@@ -77,6 +82,7 @@ class Engine:
         with torch.no_grad():
             for g in self._groups:
                 g.restore()
+        self._shared.perturbed = False
         weights_changed()
 
     def _grads(self) -> GradPairs:
@@ -139,15 +145,28 @@ class Engine:
                     torch._foreach_mul_(gs, t)
                 torch._foreach_mul_(gs, scale.to(gs[0].device))
                 torch._foreach_add_(ps, gs)
+        self._shared.perturbed = True
         weights_changed()
 
-    def _ascend(self, adaptive_eps: float | None = None) -> tuple[Tensor, Tensor]:
-        """w <- w + e from the pass-1 gradients in ``.grad``; returns (||g||, ||e||)."""
-        gnorm = self._grad_norm(adaptive_eps)
+    def _ascend(self, adaptive_eps: float | None = None,
+                pairs: GradPairs | None = None) -> tuple[Tensor, Tensor]:
+        """w <- w + e from the pass-1 gradients (``pairs``, default ``.grad``); returns (||g||, ||e||)."""
+        gnorm = self._grad_norm(adaptive_eps, pairs)
         scale = self._perturbation_scale(gnorm)
-        self._perturb(scale, adaptive_eps)
+        self._perturb(scale, adaptive_eps, pairs)
         # ASAM's ||e|| = rho ||T^2 g|| / ||T g|| is not rho: measure it (the gradients now hold e)
-        return gnorm, self._grad_norm() if adaptive_eps is not None else scale * gnorm
+        return gnorm, self._grad_norm(pairs=pairs) if adaptive_eps is not None else scale * gnorm
+
+    def _ascent_grads(self, loss: Tensor) -> GradPairs:
+        """Pass 1's gradient of the trainable parameters, kept out of ``.grad``: only the descent pass
+        reaches ``.grad``, so parameters outside the base optimizer end every variant's step with the
+        same gradient (that of the descent loss at w + e). Under DDP a backward (its all-reduce hooks
+        need one); the gradients are then in ``.grad``."""
+        scaled = self._scaler.scale(loss) if self._scaler is not None else loss
+        if self.ddp:
+            scaled.backward()
+            return self._grads()
+        return self._group_grads(torch.autograd.grad(scaled, self._flat_params(), allow_unused=True))
 
     def _perturbation_scale(self, gnorm: Tensor) -> Tensor:
         """rho/||g|| (SAM) or rho (USAM), as a 0-d float32 device tensor; unscales AMP gradients."""
@@ -247,16 +266,20 @@ class Engine:
         return out
 
     def _guarded_base_step(self, finite: Tensor, gnorm: Tensor | None) -> Tensor:
+        """The base step, kept only if ``finite`` and the stepped weights are finite (a NaN learning
+        rate or optimizer state is caught here too); returns ``skipped``.
+
+        Device mode (default): the base steps unconditionally and parameters and state tensors are
+        selected back bit for bit, with no host synchronisation; it costs one copy of the base state.
+        Host mode: one ``bool(finite)`` per step decides whether ``base.step()`` runs at all; used on the
+        first step (the state does not exist yet), and from then on for bases whose step changes
+        anything a device-side selection cannot put back: values in ``param_groups`` (step counters,
+        Prodigy's ``d``), state entries rebound to new tensors, or step post-hooks (an EMA).
+        """
         self._clip(gnorm)
         state = self._base_state_tensors()
-        if state is None:
-            if bool(finite):  # host decision, only until the base optimizer has stepped every parameter
-                self.base.step()
-                self._stateless_ids.update(
-                    id(p) for ps, _ in self._grads() for p in ps if not self.base.state.get(p)
-                )
-            self._base_done = True
-            return ~finite
+        if state is None or self._host_skip or self._has_step_post_hooks():
+            return self._host_base_step(finite, first=state is None)
         with torch.no_grad():
             if len(self._state_backup) != len(state) or any(
                 a.shape != b.shape or a.dtype != b.dtype or a.device != b.device
@@ -265,19 +288,78 @@ class Engine:
                 self._state_backup = [torch.empty_like(t) for t in state]
             if state:
                 torch._foreach_copy_(self._state_backup, state)
+            snapshot = _Snapshot(self.base, self._grads())
             try:
                 self.base.step()
             except BaseException:
                 if state:
                     torch._foreach_copy_(state, self._state_backup)
+                snapshot.restore()
                 raise
             self._base_done = True
             params = self._flat_params()
+            keep = finite & self._all_finite(params)
             backups = [b for g in self._groups for b in g.backup]
-            bitwise_select_(finite, params + state, backups + self._state_backup)
-        return ~finite
+            if snapshot.changed():  # the base keeps state we cannot select back on the device
+                self._host_skip = True
+                if not bool(keep):  # one host decision, this step only: undo everything
+                    bitwise_select_(keep, params + state, backups + self._state_backup)
+                    snapshot.restore()
+                return ~keep
+            bitwise_select_(keep, params + state, backups + self._state_backup)
+        return ~keep
+
+    def _host_base_step(self, finite: Tensor, first: bool) -> Tensor:
+        """Host mode of :meth:`_guarded_base_step`: decide on the host, step only a finite step."""
+        params = self._flat_params()
+        if not first:
+            self._state_backup = []  # host mode keeps no copy of the state
+        keep = finite & self._all_finite(self._state_tensors_now())
+        if bool(keep):
+            snapshot = _Snapshot(self.base, self._grads()) if first else None
+            self.base.step()
+            self._base_done = True
+            if first:
+                self._stateless_ids.update(
+                    id(p) for ps, _ in self._grads() for p in ps if not self.base.state.get(p)
+                )
+                if snapshot is not None and snapshot.changed(groups_only=True):
+                    self._host_skip = True
+            if not bool(self._all_finite(params)):  # a NaN learning rate: put the weights back
+                with torch.no_grad():
+                    for g in self._groups:
+                        g.restore()
+                return torch.ones((), dtype=torch.bool, device=finite.device)
+            return ~keep
+        self._base_done = True
+        return ~keep
+
+    def _state_tensors_now(self) -> list[Tensor]:
+        return [v for ps, _ in self._grads() for p in ps for v in self.base.state.get(p, {}).values()
+                if isinstance(v, Tensor) and v.is_floating_point()]
+
+    def _has_step_post_hooks(self) -> bool:
+        from torch.optim.optimizer import _global_optimizer_post_hooks
+
+        return bool(self.base._optimizer_step_post_hooks) or bool(_global_optimizer_post_hooks)
+
+    def _all_finite(self, tensors: list[Tensor]) -> Tensor:
+        """One 0-d bool tensor on the parameters' device: every floating tensor in ``tensors`` is finite
+        (max-norms, which cannot overflow; no host sync)."""
+        device = self._groups[0].params[0].device
+        by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for t in tensors:
+            if t.is_floating_point() or t.is_complex():
+                by_kind.setdefault((t.device, t.dtype), []).append(t)
+        ok: Tensor | None = None
+        for ts in by_kind.values():
+            f = torch.isfinite(torch.stack(torch._foreach_norm(ts, float("inf"))).amax()).to(device)
+            ok = f if ok is None else ok & f
+        return ok if ok is not None else torch.ones((), dtype=torch.bool, device=device)
 
     def _scaled_base_step(self, finite: Tensor) -> Tensor:
+        """The GradScaler path without ``scaler.step`` (which reads ``found_inf`` on the host every
+        step): unscale, then the engine's own guarded step, then ``scaler.update()``."""
         scaler = self._scaler
         assert scaler is not None
         grads = self._grads()
@@ -286,9 +368,73 @@ class Engine:
             g.mul_(torch.where(finite, 1.0, float("nan")).to(g.dtype))
         scaler.unscale_(self.base)
         gnorm = self._grad_norm()
-        self._clip(gnorm)
-        finite = torch.isfinite(gnorm)
-        scaler.step(self.base)  # skips the base step if any gradient is non-finite
+        skipped = self._guarded_base_step(torch.isfinite(gnorm), gnorm)
+        _mark_stepped(scaler, self.base)
         scaler.update()
         self._base_done = True
-        return ~finite
+        return skipped
+
+
+def _mark_stepped(scaler: torch.amp.GradScaler, base: torch.optim.Optimizer) -> None:
+    """Tell the scaler that ``base`` stepped (what ``scaler.step`` records), so ``update()`` runs."""
+    from torch.amp.grad_scaler import OptState
+
+    scaler._per_optimizer_states[id(base)]["stage"] = OptState.STEPPED
+
+
+def reset_scaler(scaler: torch.amp.GradScaler | None, base: torch.optim.Optimizer) -> None:
+    """Forget that ``base`` was unscaled in a step that raised (else every later step would raise)."""
+    if scaler is not None:
+        scaler._per_optimizer_states.pop(id(base), None)
+
+
+class _Snapshot:
+    """What a base step may change beyond the tensors it updates in place: the values in
+    ``param_groups`` and which tensor each state entry is bound to (host-side, no kernels, except a
+    clone of any tensor kept in a group)."""
+
+    def __init__(self, base: torch.optim.Optimizer, pairs: GradPairs) -> None:
+        self.base = base
+        self.groups = [
+            {k: (v, v._version, v.clone()) if isinstance(v, Tensor) else (v, None, None)
+             for k, v in g.items() if k != "params"}
+            for g in base.param_groups
+        ]
+        self.states = [(st, dict(st)) for ps, _ in pairs for p in ps if (st := base.state.get(p)) is not None]
+        self.fresh = [p for ps, _ in pairs for p in ps if p not in base.state]
+
+    def changed(self, groups_only: bool = False) -> bool:
+        for g, old in zip(self.base.param_groups, self.groups):
+            if set(g) - {"params"} != set(old):
+                return True
+            for k, (v, version, _) in old.items():
+                now = g[k]
+                if now is not v and not (version is None and _same(now, v)):
+                    return True
+                if version is not None and now._version != version:
+                    return True
+        if groups_only:
+            return False
+        return any(set(st) != set(old) or any(st[k] is not v for k, v in old.items())
+                   for st, old in self.states)
+
+    def restore(self) -> None:
+        for g, old in zip(self.base.param_groups, self.groups):
+            for k in [k for k in g if k != "params" and k not in old]:
+                del g[k]
+            for k, (v, version, copy) in old.items():
+                if copy is not None and v._version != version:
+                    v.copy_(copy)
+                g[k] = v
+        for st, old in self.states:
+            st.clear()
+            st.update(old)
+        for p in self.fresh:
+            self.base.state.pop(p, None)
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - values without a boolean equality count as changed
+        return False

@@ -57,12 +57,14 @@ Example:
 from __future__ import annotations
 
 import warnings
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from sam_tutorial.optim._util import (
     PerSampleModule,
@@ -143,24 +145,56 @@ class MSAM(PerturbedOptimizer):
                 "its own micro-batches (m-SAM across GPUs); for the all-reduced perturbation use "
                 "SAM(scope='global')"
             )
+        self.vmap_fallback_reason: str | None = None
         if self.ddp and backend == "vmap":
             raise ValueError(
                 "backend='vmap' does not run under DistributedDataParallel; use 'loop' or 'auto'"
             )
 
     def resolved_backend(self, device: torch.device) -> str:
-        """The backend a step on ``device`` uses (``"auto"``: vmap on CUDA, loop elsewhere)."""
+        """The backend a step on ``device`` uses. ``"auto"``: vmap on CUDA, the loop elsewhere, under
+        DDP, for a ``torch.compile``d model (vmap would run it eagerly) and, from then on, after vmap
+        failed on this model once (``vmap_fallback_reason`` says why)."""
         if self.backend != "auto":
             return self.backend
-        return "vmap" if device.type == "cuda" and not self.ddp else "loop"
+        if self.ddp or self.vmap_fallback_reason is not None or hasattr(self.model, "_orig_mod"):
+            return "loop"
+        return "vmap" if device.type == "cuda" else "loop"
 
     def _perturbed_step(self, batch: Any, batch_size: int) -> StepStats:
         device = batch_device(batch)
         # functorch's batched backward fails under autocast (mixed half/float BatchNorm): use the loop
-        divides = batch_size % self.m == 0
-        if self.resolved_backend(device) == "vmap" and divides and not torch.is_autocast_enabled(device.type):
+        if (self.resolved_backend(device) != "vmap" or batch_size % self.m
+                or torch.is_autocast_enabled(device.type)):
+            return self._loop_step(batch, batch_size)
+        try:
             return self._vmap_step(batch, batch_size)
+        except (RuntimeError, NotImplementedError) as e:
+            if not _is_vmap_limitation(e):
+                raise
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            if self.backend == "vmap":
+                raise RuntimeError(
+                    f"MSAM(backend='vmap') cannot run this model under torch.func.vmap ({reason}); "
+                    "use backend='loop' (the same arithmetic, one micro-batch after another)"
+                ) from e
+        # backend="auto": once, say why, and use the loop for this step and every later one
+        self.vmap_fallback_reason = reason
+        warnings.warn(
+            f"MSAM(backend='auto'): torch.func.vmap cannot run this model ({reason}); using "
+            "backend='loop' from now on (the same arithmetic). Pass backend='loop' to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self._undo_vmap_attempt()
         return self._loop_step(batch, batch_size)
+
+    def _undo_vmap_attempt(self) -> None:
+        """Put back what a failed vmap step may have changed (running statistics, random generators)."""
+        self._restore_buffers(before_step=True)
+        assert self._rng_at_start is not None
+        self._rng_at_start.restore()
+        self._shared.perturbed = False
 
     # ------------------------------------------------------------------ loop
     def _loop_step(self, batch: Any, batch_size: int) -> StepStats:
@@ -196,15 +230,17 @@ class MSAM(PerturbedOptimizer):
         return self._stats(torch.stack(losses), torch.stack(losses2), torch.stack(gnorms), weights)
 
     def _stats(self, losses: Tensor, losses2: Tensor, gnorms: Tensor, weights: list[float] | None = None,
-               moved: bool = True) -> StepStats:
+               moved: bool = True, enorms: Tensor | None = None) -> StepStats:
         """Average over micro-batches (losses weighted by size), then the guarded base step (``moved``:
         put w and the buffers back first; the vmap backend never moved them)."""
-        finite = torch.isfinite(losses).all() & torch.isfinite(losses2).all() & torch.isfinite(gnorms).all()
+        # one check for all: a sum of O(1) losses and norms is finite iff every term is
+        finite = torch.isfinite(losses.sum() + losses2.sum() + gnorms.sum())
         if moved:
             skipped = self._restore_and_step(finite)
         else:
             skipped = self._checked_base_step(finite)
-        enorms = self._perturbation_scale(gnorms) * gnorms
+        if enorms is None:
+            enorms = self._perturbation_scale(gnorms) * gnorms
         if weights is None:
             loss, loss2 = losses.mean(), losses2.mean()
         else:
@@ -215,61 +251,142 @@ class MSAM(PerturbedOptimizer):
 
     # ------------------------------------------------------------------ vmap
     def _vmap_step(self, batch: Any, batch_size: int) -> StepStats:
-        k, m = batch_size // self.m, self.m
+        """Both passes as one vectorised forward each over the k micro-batches, differentiated by
+        autograd outside ``vmap``.
+
+        The k copies of the weights are one ``[k, d]`` matrix per parameter group (each parameter a view
+        of it): pass 1 differentiates Σ_j f_{I_j}(W_j) at W_j = w with respect to the ``[k, d]``
+        matrix W, whose rows are then the k micro-batch gradients; norms, scales and the perturbed weights
+        w + e_j are then one kernel each, whatever the number of parameters. BatchNorm runs without
+        batched running statistics; its running statistics get one update from the micro-batch
+        statistics pass 1 records (:func:`_update_running_stats`).
+        """
+        k = batch_size // self.m
         assert self._per_sample is not None
         module = PerSampleModule(self.model, self._per_sample)
         trainable = {id(p) for p in self._flat_params()}
         named = dict(module.named_parameters())
-        train = {name: p for name, p in named.items() if id(p) in trainable}
-        frozen = {name: p.detach() for name, p in named.items() if id(p) not in trainable}
-        buffers = dict(module.named_buffers())
+        by_id = {id(p): name for name, p in named.items()}
+        # parameters outside the base optimizer: constants in pass 1, differentiated in pass 2
+        outside: dict[str, Tensor] = {
+            nm: p for nm, p in named.items() if id(p) not in trainable and p.requires_grad}
+        const = {nm: p.detach() for nm, p in named.items() if id(p) not in trainable}
         xs, in_dims = fold(batch, k)
-        amp = self._scale
+        bns = [b for b in self.model.modules() if isinstance(b, _BatchNorm) and b.training
+               and b.track_running_stats and b.running_mean is not None and b.running_var is not None]
+        stats: list[tuple[Tensor, Tensor]] = []
 
-        def chunk_losses(tp: dict[str, Tensor], bufs: dict[str, Tensor], x: Any) -> Tensor:
-            losses = functional_call(module, ({**tp, **frozen}, bufs), (x,))
-            if not isinstance(losses, Tensor) or losses.shape != (m,):
+        def mean_loss(tp: dict[str, Tensor], x: Any, extra: dict[str, Tensor]) -> Any:
+            stats.clear()
+            losses = functional_call(module, {**const, **extra, **tp}, (x,))
+            if not isinstance(losses, Tensor) or losses.shape != (self.m,):
                 raise ValueError(
-                    f"loss_fn must return one loss per sample, shape ({m},) per micro-batch, got "
+                    f"loss_fn must return one loss per sample, shape ({self.m},) per micro-batch, got "
                     f"{tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__};"
                     " use reduction='none'"
                 )
-            return losses
+            return (losses.mean(), *_cat_stats(stats)) if stats else losses.mean()
 
-        def ascent(tp: dict[str, Tensor], bufs: dict[str, Tensor], x: Any) -> Any:
-            mean = chunk_losses(tp, bufs, x).mean()
-            return (mean * amp if amp is not None else mean), mean
+        def batched(flats: list[Tensor]) -> Any:
+            with _untracked(bns), _recording(bns if flats is pass1 else [], stats):
+                return vmap(lambda tp, x: mean_loss(tp, x, {} if flats is pass1 else outside),
+                            in_dims=(0, in_dims), randomness="different",
+                            chunk_size=self.micro_batches_per_call)(self._as_params(flats, by_id, k), xs)
 
-        def batched(bufs: dict[str, Tensor]) -> dict[str, Tensor]:
-            return {name: b.unsqueeze(0).expand(k, *b.shape).clone() for name, b in bufs.items()}
-
-        buf_dim = 0 if buffers else None
-        bufs1 = batched(buffers)
-        grads, (_, means) = vmap(
-            grad_and_value(ascent, has_aux=True),
-            in_dims=(None, buf_dim, in_dims),
-            randomness="different",
-            chunk_size=self.micro_batches_per_call,
-        )({name: p.detach() for name, p in train.items()}, bufs1, xs)
-
-        # float32 at least (float64 kept), as in PerturbedOptimizer._grad_norm
-        acc = [g.flatten(1).to(torch.promote_types(g.dtype, torch.float32)).pow(2).sum(1)
-               for g in grads.values()]
-        gnorms = torch.sqrt(torch.stack(acc).sum(0))
+        ws = [torch.cat([p.reshape(-1) for p in g.params]) for g in self._groups]
+        pass1 = [w.detach().unsqueeze(0).repeat(k, 1).requires_grad_() for w in ws]  # k copies of w
+        out = batched(pass1)
+        means = out[0] if bns else out
+        if bns:
+            _update_running_stats(bns, out[1].detach().mean(0), out[2].detach().mean(0))
+        total = means.sum() * self._scale if self._scale is not None else means.sum()
+        flats = list(torch.autograd.grad(total, pass1))
+        sq = [torch.linalg.vector_norm(f, dim=1, dtype=torch.promote_types(f.dtype, torch.float32))
+              .square().to(ws[0].device) for f in flats]  # float32 at least, as _grad_norm
+        gnorms = sq[0].sqrt() if len(sq) == 1 else torch.stack(sq).sum(0).sqrt()
         scales = self._perturbation_scale(gnorms)
-        perturbed = {
-            name: p.unsqueeze(0) + (grads[name] * scales.view(k, *[1] * p.ndim).to(p.dtype))
-            for name, p in train.items()
-        }
-        with torch.no_grad():  # one running-statistics update: the mean of the micro-batch updates
-            for name, b in buffers.items():
-                b.copy_(bufs1[name].mean(0) if b.is_floating_point() else bufs1[name][0])
+        pass2 = [torch.addcmul(w.unsqueeze(0), f, scales.to(f).unsqueeze(1)) for w, f in zip(ws, flats)]
         self.zero_grad()
-        losses2 = vmap(
-            lambda tp, bufs, x: chunk_losses(tp, bufs, x).mean(),
-            in_dims=(0, buf_dim, in_dims),
-            randomness="different",
-            chunk_size=self.micro_batches_per_call,
-        )(perturbed, batched(buffers), xs)
+        self._shared.perturbed = True
+        losses2 = batched(pass2)
         self._backward(losses2.mean())
-        return self._stats(means.detach(), losses2.detach(), gnorms, moved=False)
+        self._shared.perturbed = False
+        return self._stats(means.detach(), losses2.detach(), gnorms, moved=False, enorms=scales * gnorms)
+
+    def _as_params(self, flats: list[Tensor], by_id: dict[int, str], k: int) -> dict[str, Tensor]:
+        """Each trainable parameter as a ``[k, *shape]`` view of its group's ``[k, d]`` matrix."""
+        out: dict[str, Tensor] = {}
+        for g, flat in zip(self._groups, flats):
+            for p, part in zip(g.params, flat.split([p.numel() for p in g.params], dim=1)):
+                out[by_id[id(p)]] = part.view(k, *p.shape)
+        return out
+
+
+_VMAP_SIGNS = ("vmap", "functorch", "torch.func", "batching rule", "batched", "saved tensor hooks",
+               "setup_context", "data-dependent control flow")
+
+
+def _is_vmap_limitation(e: BaseException) -> bool:
+    """An error torch.func raises for a model it cannot vectorise (not the model's or loss's own error:
+    those are re-raised as they are, exact types only, and never out of memory)."""
+    text = str(e).lower()
+    return type(e) in (RuntimeError, NotImplementedError) and any(s in text for s in _VMAP_SIGNS)
+
+
+@contextmanager
+def _untracked(bns: list[_BatchNorm]) -> Iterator[None]:
+    """Train-mode BatchNorm without running statistics (batch statistics, nothing written): vmap then
+    needs no batched copies of the buffers."""
+    for b in bns:
+        b.track_running_stats = False
+    try:
+        yield
+    finally:
+        for b in bns:
+            b.track_running_stats = True
+
+
+@contextmanager
+def _recording(bns: list[_BatchNorm], stats: list[tuple[Tensor, Tensor]]) -> Iterator[None]:
+    """Record each BatchNorm input's per-channel mean and unbiased variance (one kernel per call)."""
+
+    def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0]
+        var, mean = torch.var_mean(x, dim=[0, *range(2, x.ndim)], correction=1)
+        stats.append((mean, var))
+
+    handles = [b.register_forward_pre_hook(hook) for b in bns]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _cat_stats(stats: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    return torch.cat([m for m, _ in stats]), torch.cat([v for _, v in stats])
+
+
+def _update_running_stats(bns: list[_BatchNorm], mean: Tensor, var: Tensor) -> None:
+    """One running-statistics update per BatchNorm with the mean over micro-batches of their batch
+    mean and unbiased variance: what k copies updated by one micro-batch each and then averaged hold."""
+    sizes = [b.num_features for b in bns]
+    with torch.no_grad():
+        means, variances = mean.split(sizes), var.split(sizes)
+        counters = [b.num_batches_tracked for b in bns if b.num_batches_tracked is not None]
+        if counters:
+            torch._foreach_add_(counters, 1)
+        by_momentum: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
+        for b, m, v in zip(bns, means, variances):
+            assert b.running_mean is not None and b.running_var is not None
+            if b.momentum is None:  # cumulative moving average
+                assert b.num_batches_tracked is not None
+                f = 1.0 / b.num_batches_tracked.to(m.dtype)
+                b.running_mean.lerp_(m.to(b.running_mean), f)
+                b.running_var.lerp_(v.to(b.running_var), f)
+                continue
+            targets, sources = by_momentum.setdefault(float(b.momentum), ([], []))
+            targets += [b.running_mean, b.running_var]
+            sources += [m.to(b.running_mean), v.to(b.running_var)]
+        for momentum, (targets, sources) in by_momentum.items():
+            torch._foreach_lerp_(targets, sources, momentum)

@@ -126,6 +126,7 @@ class NSAM(PerturbedOptimizer):
         device = batch_device(batch)
         total = torch.zeros((), device=device)
         starts = range(0, self.n, self.chunk_size)
+        pairs = None
         for start in starts:
             stop = min(start + self.chunk_size, self.n)
             chunk = to_device(split(self.data, start, stop), device)
@@ -135,13 +136,25 @@ class NSAM(PerturbedOptimizer):
                 part = self._losses(chunk, stop - start).sum() / self.n
                 if start == 0:
                     self.zero_grad()
-                self._backward(part)
+                if self.ddp:
+                    self._backward(part)
+                else:  # pass 1 stays out of .grad (see PerturbedOptimizer._ascent_grads)
+                    pairs = _accumulate(pairs, self._ascent_grads(part))
             total = total + part.detach()
         self._save_buffers()
-        gnorm, enorm = self._ascend()
+        gnorm, enorm = self._ascend(pairs=pairs)
         self.zero_grad()
         loss2 = self._losses(batch, batch_size).mean()
         finite = torch.isfinite(total) & torch.isfinite(gnorm)
         self._backward(self._nan_unless(loss2, finite))
         skipped = self._restore_and_step(finite & torch.isfinite(loss2))
         return StepStats(total, loss2.detach(), self._unscaled(gnorm), enorm, skipped)
+
+
+def _accumulate(total: Any, pairs: Any) -> Any:
+    """Add one chunk's (params, grads) pairs to the running sum (the same parameters every chunk)."""
+    if total is None:
+        return pairs
+    for (_, acc), (_, gs) in zip(total, pairs):
+        torch._foreach_add_(acc, gs)
+    return total

@@ -80,6 +80,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from sam_tutorial.optim._state import generator_states
 from sam_tutorial.optim._util import (
     PerSampleModule,
     batch_device,
@@ -193,8 +194,11 @@ class RWSAM(PerturbedOptimizer):
         self.probe = check_choice("probe", probe, PROBES)
         self.n_probes = check_int("n_probes", n_probes)
         self.mix = check_real("mix", mix, high=1.0)
-        if seed is None:
+        if seed is None:  # from torch's global generator, without advancing it (a swap SAM -> RW-SAM
+            # must not change the data order or the dropout masks of the rest of the program)
+            rng = torch.get_rng_state()
             seed = int(torch.randint(0, 2**62, (1,)).item())
+            torch.set_rng_state(rng)
         self.seed = check_int("seed", seed, low=0)
         if self.ddp and self.score != "finite-difference":
             raise ValueError(
@@ -273,9 +277,24 @@ class RWSAM(PerturbedOptimizer):
             return _at_least_fp32(self._losses(batch, batch_size))
 
     def _dual_losses(self, batch: Any, batch_size: int) -> tuple[Tensor, Tensor]:
-        """Per-sample losses at w and their directional derivatives vᵀ∇f_i, in one dual forward."""
+        """Per-sample losses at w and their directional derivatives vᵀ∇f_i, in one dual forward (on the
+        eager module behind a ``torch.compile``d one: compiled graphs carry no forward-mode AD)."""
+        try:
+            return self._dual_forward(batch, batch_size)
+        except (RuntimeError, NotImplementedError) as e:
+            if isinstance(e, torch.OutOfMemoryError):
+                raise
+            raise RuntimeError(
+                "RWSAM(score='exact') needs forward-mode AD through the model, which failed here "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Activation "
+                "checkpointing (torch.utils.checkpoint) and custom autograd Functions without a jvp do not "
+                "support it; use score='finite-difference' (the paper's estimator)"
+            ) from e
+
+    def _dual_forward(self, batch: Any, batch_size: int) -> tuple[Tensor, Tensor]:
         assert self._per_sample is not None
-        module = PerSampleModule(self.model, self._per_sample)
+        model = getattr(self.model, "_orig_mod", self.model)  # torch.compile's OptimizedModule
+        module = PerSampleModule(model, self._per_sample)
         tangent = {id(p): v for g, (_, views) in zip(self._groups, self._z) for p, v in zip(g.params, views)}
         with fwAD.dual_level(), warnings.catch_warnings():
             # torch registers its forward-AD decompositions with torch.jit.script on first use
@@ -389,9 +408,9 @@ class RWSAM(PerturbedOptimizer):
             else:
                 p, factor = self._weights_from_scores(scores).detach(), 1.0
             self.last_weights = p
-            self._backward((p.to(losses.dtype) * losses).sum() * factor)
+            pairs = self._ascent_grads((p.to(losses.dtype) * losses).sum() * factor)
         self._save_buffers()
-        gnorm, enorm = self._ascend()
+        gnorm, enorm = self._ascend(pairs=pairs)
         self.zero_grad()
         losses2 = self._losses(batch, batch_size)
         loss2 = losses2.mean()
@@ -423,13 +442,16 @@ class RWSAM(PerturbedOptimizer):
 
     def _check_extra_state(self, state: Any) -> None:
         super()._check_extra_state(state)
-        rngs = state.get("probe_rng", {})
-        if not isinstance(rngs, Mapping) or not all(isinstance(v, Tensor) for v in rngs.values()):
-            raise ValueError("state_dict['sam']['probe_rng'] must map device names to generator states")
+        generator_states(state.get("probe_rng", {}), self._param_devices())
         check_int("state_dict['sam']['seed']", state.get("seed", self.seed), low=0)
 
+    def _param_devices(self) -> list[torch.device]:
+        return sorted({p.device for g in self.param_groups for p in g["params"]}, key=str)
+
     def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Set the probe generators (checked by ``_check_extra_state``: this cannot fail half-way)."""
+        states = generator_states(state.get("probe_rng", {}), self._param_devices())
         self.seed = int(state.get("seed", self.seed))
         self._generators = {}
-        for dev, rng in state.get("probe_rng", {}).items():
-            self._generator(torch.device(dev)).set_state(rng)
+        for dev, rng in states.items():
+            self._generator(dev).set_state(rng)

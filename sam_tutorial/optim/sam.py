@@ -134,22 +134,38 @@ class SAM(PerturbedOptimizer):
             raise RuntimeError("second_step() called without first_step()")
         gnorm, self._pending = self._pending, None
         skipped = self._restore_and_step(torch.isfinite(gnorm))
+        self._opt_called = True  # an LR scheduler attached to this object sees a step
         if zero_grad:
             self.zero_grad()
         return skipped
 
-    def _ascend(self, adaptive_eps: float | None = None) -> tuple[Tensor, Tensor]:
+    def restore(self) -> None:
+        """Abandon a pending ``first_step``: weights back to w and buffers as ``first_step`` found them
+        (bit for bit), no base step; e.g. after an exception during the pass at w + e. The gradients are
+        left as they are (call ``zero_grad``).
+
+        Raises:
+            RuntimeError: if no first step is pending.
+        """
+        if self._pending is None:
+            raise RuntimeError("restore() called without a pending first_step()")
+        self._pending = None
+        self._restore_weights()
+        self._restore_buffers(before_step=True)
+
+    def _ascend(self, adaptive_eps: float | None = None,
+                pairs: list[tuple[list[Tensor], list[Tensor]]] | None = None) -> tuple[Tensor, Tensor]:
         """The engine's ascent, scaled by ASAM's T = abs(w) + adaptive_eps when ``adaptive``."""
-        return super()._ascend(self.adaptive_eps if self.adaptive else adaptive_eps)
+        return super()._ascend(self.adaptive_eps if self.adaptive else adaptive_eps, pairs)
 
     # ------------------------------------------------------------ the two step forms
     def _perturbed_step(self, batch: Any, batch_size: int) -> StepStats:
         with self._ascent_context():
             loss = self._losses(batch, batch_size).mean()
             self.zero_grad()
-            self._backward(loss)
+            pairs = self._ascent_grads(loss)
         self._save_buffers()
-        gnorm, enorm = self._ascend()
+        gnorm, enorm = self._ascend(pairs=pairs)
         self.zero_grad()
         loss2 = self._losses(batch, batch_size).mean()
         finite = torch.isfinite(loss) & torch.isfinite(gnorm)
@@ -163,7 +179,18 @@ class SAM(PerturbedOptimizer):
         if not callable(closure):
             raise ValueError(f"closure must be callable, got {type(closure).__name__}")
         device = self._refresh_groups()[0].params[0].device
+        accumulated = self._accumulated_grads()
+        if accumulated and self.rho:
+            raise ValueError(
+                f"{accumulated} parameter(s) hold gradients accumulated outside step(closure) (a backward "
+                "pass since the last step or zero_grad()); a perturbed step cannot evaluate those samples "
+                "at w + e, so it would silently drop them. Lightning's accumulate_grad_batches > 1 does "
+                "this: use accumulate_grad_batches=1 and a larger batch, MSAM(model, base, rho, m=micro) "
+                "on the whole batch, or the hand loop (first_step / second_step; see the README)"
+            )
+        outside = self._outside_params()
         with torch.enable_grad(), self._transaction(device):
+            held = [p.grad for p in outside]
             self.zero_grad()
             with self._ascent_context() if self.rho else nullcontext():
                 loss = closure()
@@ -172,6 +199,8 @@ class SAM(PerturbedOptimizer):
             if self.rho == 0.0:
                 self._checked_base_step(finite)
                 return loss
+            for p, g in zip(outside, held):  # pass 1's gradient is not theirs (see _ascent_grads)
+                p.grad = g
             self._save_buffers()
             gnorm, _ = self._ascend()
             self.zero_grad()
@@ -179,6 +208,11 @@ class SAM(PerturbedOptimizer):
             self._check_closure_grads()
             self._restore_and_step(finite & torch.isfinite(gnorm) & self._finite(loss2))
         return loss
+
+    def _outside_params(self) -> list[Tensor]:
+        """The model's trainable parameters that the base optimizer does not hold."""
+        own = {id(p) for g in self.param_groups for p in g["params"]}
+        return [p for p in self.model.parameters() if p.requires_grad and id(p) not in own]
 
     def _check_closure_grads(self) -> None:
         if not self._grads():

@@ -6,8 +6,9 @@ Between the chapters (which draw) and the engine (which trains), this subpackage
   one status vocabulary, the rule from rows to a claim's status, and the claims index page;
 - :mod:`~sam_tutorial.reproduction.toy_checks`: the toy-scale checks that recompute C1–C9;
 - :mod:`~sam_tutorial.reproduction.scoreboard`: the status rule (built on :func:`sam_tutorial.stats.decide`)
-  and the scoreboard; :mod:`~sam_tutorial.reproduction.result_rows` and
-  :mod:`~sam_tutorial.reproduction.table_rows` build its rows from recorded results;
+  and the scoreboard; :mod:`~sam_tutorial.reproduction.result_rows` (the chapters' results),
+  :mod:`~sam_tutorial.reproduction.control_rows` (the control experiments) and
+  :mod:`~sam_tutorial.reproduction.table_rows` (the paper's tables) build its rows from recorded results;
 - :mod:`~sam_tutorial.reproduction.sweeps`: summaries of a radius sweep;
 - :mod:`~sam_tutorial.reproduction.paper_runs`: the paper's tables as rows, the settings the catalogue
   assumed, the cost of the full tables;

@@ -161,7 +161,8 @@ def epoch_seconds(
 ) -> float:
     """Seconds per epoch of ``images`` images at ``batch`` per step, from :func:`step_fit`.
 
-    ``optimizer`` is ``sgd``, ``sam``, ``rw-sam`` or ``m-sam-half-loop`` (m-SAM with two micro-batches).
+    ``optimizer`` is ``sgd``, ``sam``, ``rw-sam`` or ``m-sam-m64-loop`` (m-SAM with two
+    micro-batches, m = B/2: the paper's m = 64 at its batch of 128).
     """
     a, b = step_fit(timing, model, optimizer)
     return (a + b * batch) * (images // batch)

@@ -38,6 +38,7 @@ __all__ = [
     "markdown",
     "ratio_status",
     "scoreboard",
+    "status_of",
     "toy_rows",
 ]
 
@@ -91,13 +92,18 @@ def compare(
     if sign not in (-1, 0, 1):
         raise ValueError(f"sign must be +1, -1 or 0 (an equality), got {sign}")
     decision = stats.decide(stats.paired_differences(a, b), min_effect)
+    return Comparison(decision, status_of(decision, sign), len(a), len(b))
+
+
+def status_of(decision: stats.Decision, sign: int) -> str:
+    """The row status of :data:`RULE` for a decision on A − B and the claimed ``sign`` (0: A ≈ B)."""
+    if sign not in (-1, 0, 1):
+        raise ValueError(f"sign must be +1, -1 or 0 (an equality), got {sign}")
     if decision.verdict == "underpowered":
-        status = "underpowered"
-    elif sign == 0:
-        status = "consistent" if decision.verdict == "no effect detected" else "contradicted"
-    else:
-        status = "reproduced" if decision.direction == sign else "contradicted"
-    return Comparison(decision, status, len(a), len(b))
+        return "underpowered"
+    if sign == 0:
+        return "consistent" if decision.verdict == "no effect detected" else "contradicted"
+    return "reproduced" if decision.direction == sign else "contradicted"
 
 
 def check_status(passed: bool | None) -> str:
@@ -156,7 +162,7 @@ def toy_rows(quick: bool = False, checks: Iterable[str] | None = None) -> list[R
 def scoreboard(results: str | Path, *, quick: bool = False, toy: bool = True) -> list[Row]:
     """Every row: toy checks (recomputed), chapters 4 and 5's recorded results, benchmarks, paper tables."""
     from sam_tutorial.engine.recorded import load_recorded
-    from sam_tutorial.reproduction import result_rows, table_rows
+    from sam_tutorial.reproduction import control_rows, result_rows, table_rows
 
     results = Path(results)
     loaded = load_recorded(results)
@@ -166,6 +172,8 @@ def scoreboard(results: str | Path, *, quick: bool = False, toy: bool = True) ->
     rows = toy_rows(quick) if toy else []
     rows += result_rows.msharpness_rows(loaded.get("m-sharpness-cnn"))
     rows += result_rows.escape_rows(loaded.get("escape"))
+    rows += control_rows.escape_rows(loaded.get("controls-escape"))
+    rows += control_rows.noise_rows(loaded.get("controls-noise"))
     rows += result_rows.study_rows(study, str(study_path))
     rows += result_rows.bench_rows(results)
     rows += table_rows.paper_table_rows(loaded)

@@ -70,6 +70,28 @@ def _const(text: str) -> Callable[[], Any]:
     return lambda: text
 
 
+def _deciding(name: str) -> Callable[[], Any]:
+    """A reader of a constant of the deciding experiments (``engine/catalog/deciding.py``)."""
+
+    def read() -> Any:
+        from sam_tutorial.engine.catalog import deciding
+
+        if name == "rho":
+            from sam_tutorial.engine.experiments import get_experiment
+
+            specs = [spec for exp in deciding.DECIDING for spec in get_experiment(exp).runs("paper")]
+            found = {f"{spec.train.rho} ({spec.data.name})" for spec in specs
+                     if spec.train.optimizer in ("m-sam", "n-sam")}
+            return ", ".join(sorted(found))
+        if name == "lam":
+            target = deciding.RW_TARGET
+            return (f"scores standardised, effective batch {target} of 128: "
+                    f"λ = {deciding.lam_for_effective_batch(128, target):.2f}")
+        return getattr(deciding, name)
+
+    return read
+
+
 _RW = "sam_tutorial.optim.rwsam:RWSAM.__init__"
 _SDE = "sam_tutorial.theory.sde:drift"
 
@@ -175,6 +197,18 @@ CHOICES: tuple[Choice, ...] = (
         _const("MNIST-1D MLP"),
         "4",
     ),
+    Choice("m of m-SAM at paper scale (m-sweep, escape)", "M_VALUES in engine/catalog/deciding.py",
+           _deciding("M_VALUES"), "6"),
+    Choice("m-SAM's and n-SAM's radius at paper scale: SAM's ρ for every m",
+           "engine/catalog/deciding.py (_arm)", _deciding("rho"), "4, 6"),
+    Choice("n-SAM's perturbation at paper scale: the gradient of the first n training samples",
+           "NSAM_SAMPLES in engine/catalog/deciding.py", _deciding("NSAM_SAMPLES"), "6"),
+    Choice("RW-SAM's λ at paper scale, in units of the batch's score spread", "RW_TARGET, "
+           "lam_for_effective_batch in engine/catalog/deciding.py", _deciding("lam"), "5, 6"),
+    Choice("Table 5's λ grid, as target effective batches", "LAMBDA_TARGETS in engine/catalog/deciding.py",
+           _deciding("LAMBDA_TARGETS"), "6"),
+    Choice("escape protocol at CIFAR scale (Figs. 1–2)", "ESCAPE in engine/catalog/deciding.py",
+           _deciding("ESCAPE"), "6"),
 )
 
 

@@ -41,6 +41,9 @@ __all__ = [
 def batch_noise_coefficient(n: int, b: int, *, replacement: bool = False) -> float:
     r"""The factor :math:`c_B` in :math:`\operatorname{Cov}(g_\gamma)=c_B V` for batches of size ``b``.
 
+    Book: chapter 2, "Mini-batch noise, with and without replacement"; paper: the covariance c_B V of claim
+    C1.
+
     :math:`c_B=1/b` when the ``b`` indices are drawn with replacement, and
     :math:`c_B=\frac{n-b}{b(n-1)}` for a uniformly random ``b``-subset (the paper's "fixed
     cardinality" sampling; which one its theorems assume is UNCONFIRMED, hence the option).
@@ -70,7 +73,11 @@ def _check_nb(n: int, b: int, replacement: bool) -> None:
 
 
 class BatchDistribution(NamedTuple):
-    """Batches as rows of weights: the batch mean of per-sample values ``a`` is ``weights @ a``."""
+    """Batches as rows of weights: the batch mean of per-sample values ``a`` is ``weights @ a``.
+
+    Book: chapter 2, "Mini-batch noise, with and without replacement"; paper: the covariance c_B V of claim
+    C1.
+    """
 
     weights: Tensor
     """``[N, n]``; row ``s`` holds ``count_i / b`` for batch ``s``."""
@@ -93,6 +100,9 @@ def batch_distribution(
     device: torch.device | str | None = None,
 ) -> BatchDistribution:
     r"""The law of a uniformly sampled batch of size ``b`` out of ``n`` samples.
+
+    Book: chapter 2, "Mini-batch noise, with and without replacement"; paper: the covariance c_B V of claim
+    C1.
 
     Enumerates every batch (``b``-subsets without replacement; multisets with their multinomial
     probabilities :math:`\frac{b!}{\prod_i c_i!\,n^b}` with replacement) when there are at most
@@ -156,7 +166,10 @@ def batch_distribution(
 
 
 class BatchGradMoments(NamedTuple):
-    r"""Moments of the mini-batch gradient norm over the batch law."""
+    r"""Moments of the mini-batch gradient norm over the batch law.
+
+    Book: chapter 2, "Claim C1: the second moment of a stochastic gradient"; paper: claims C1-C2, Prop. 3.9.
+    """
 
     sq_norm: Tensor
     r""":math:`\mathbb E\|g_\gamma\|^2` (0-d)."""
@@ -177,6 +190,8 @@ def batch_grad_moments(
     generator: torch.Generator | None = None,
 ) -> BatchGradMoments:
     r""":math:`\mathbb E\|g_\gamma\|^2` and :math:`\mathbb E\|g_\gamma\|` for batches of size ``b``.
+
+    Book: chapter 2, "Claim C1: the second moment of a stochastic gradient"; paper: claims C1-C2, Prop. 3.9.
 
     Uses the Gram matrix :math:`K=GG^\top`: for a batch with weight row :math:`w`,
     :math:`\|g_\gamma\|^2=w^\top K w`, so the cost is independent of :math:`P` after one
@@ -217,6 +232,8 @@ def batch_grad_moments(
 
 def expected_sq_batch_grad_norm(grads: Tensor, b: int, *, replacement: bool = False) -> Tensor:
     r"""The closed form :math:`\mathbb E\|g_\gamma\|^2=\|\nabla f\|^2+c_B\operatorname{tr}V` (C1).
+
+    Book: chapter 2, "Claim C1: the second moment of a stochastic gradient"; paper: claims C1-C2, Prop. 3.9.
 
     Args:
         grads: per-sample gradients ``[n, P]``.

@@ -48,6 +48,9 @@ def covariance_of_moments(grads: Tensor, hessians: Tensor) -> Tensor:
     r""":math:`\frac1n\sum_i(H_i-\bar H)(g_i-\bar g)` from stacked per-sample gradients ``[n, d]`` and
     Hessians ``[n, d, d]``.
 
+    Book: chapter 3, "The drift of each variant, step by step"; paper: the tr V term of Thms. 3.3 and 3.5
+    (claim C3).
+
     Raises:
         ValueError: if the shapes do not match.
 
@@ -71,6 +74,9 @@ def hessian_gradient_covariance(losses: LossesFn, x: Tensor) -> Tensor:
     r""":math:`\operatorname{Cov}_i(H_i,\nabla f_i)` at ``x`` for a problem ``losses(x [d]) -> [n]``,
     from the per-sample gradients and Hessians (``torch.func``; meant for small :math:`d`).
 
+    Book: chapter 3, "The drift of each variant, step by step"; paper: the tr V term of Thms. 3.3 and 3.5
+    (claim C3).
+
     Args:
         losses: per-sample losses as a function of a point ``[d]``.
         x: the point ``[d]``.
@@ -86,6 +92,9 @@ def hessian_gradient_covariance(losses: LossesFn, x: Tensor) -> Tensor:
 def half_grad_trace_V(losses: LossesFn, x: Tensor) -> Tensor:
     r""":math:`\frac12\nabla\operatorname{tr}V(x)` by differentiating :math:`\operatorname{tr}V` itself with
     autograd: the independent route to :func:`hessian_gradient_covariance`.
+
+    Book: chapter 3, "The drift of each variant, step by step"; paper: the tr V term of Thms. 3.3 and 3.5
+    (claim C3).
 
     >>> p = lambda x: torch.stack([x[0] ** 2, 3 * x[0] ** 2])
     >>> half_grad_trace_V(p, torch.tensor([1.0], dtype=torch.float64))

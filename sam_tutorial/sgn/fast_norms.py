@@ -51,7 +51,10 @@ __all__ = ["ModuleReusedError", "per_sample_sq_norms", "supports_fast_norms"]
 
 class ModuleReusedError(ValueError):
     """A parameter is read more than once in one forward pass: a module with parameters ran twice, or a
-    weight is tied to another layer or reused outside its module (weight sharing)."""
+    weight is tied to another layer or reused outside its module (weight sharing).
+
+    Book: chapter 2, "Per-sample gradients".
+    """
 
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
@@ -95,6 +98,8 @@ def _module_ok(module: nn.Module) -> bool:
 
 def supports_fast_norms(model: nn.Module) -> bool:
     """Whether :func:`per_sample_sq_norms` can handle ``model`` in its current train/eval state.
+
+    Book: chapter 2, "Per-sample gradients".
 
     Every trainable parameter must belong directly to a ``Linear``, ``Conv1d``/``Conv2d``
     (``groups=1``, zero padding), eval-mode ``BatchNorm``, ``GroupNorm`` or ``LayerNorm``, and no
@@ -224,6 +229,8 @@ def per_sample_sq_norms(
 ) -> tuple[Tensor, Tensor]:
     r"""Squared per-sample gradient norms :math:`\|\nabla f_i\|^2` and the mean gradient
     :math:`\nabla f=\frac1B\sum_i\nabla f_i`, from one forward and one backward pass.
+
+    Book: chapter 2, "Per-sample gradients".
 
     The model is run as it is (call inside :func:`sam_tutorial.sgn.functional.eval_mode` for BatchNorm);
     gradients are taken with :func:`torch.autograd.grad`, so ``.grad`` fields are left untouched.

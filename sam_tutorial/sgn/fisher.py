@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
-from sam_tutorial.config import Inputs, as_tuple, check_int
+from sam_tutorial.config import Inputs, as_tuple, check_batch, check_int
 from sam_tutorial.sgn.functional import check_per_sample, flat_params, functional_outputs
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
 from sam_tutorial.sgn.per_sample import _chunk_size
@@ -32,6 +32,8 @@ def fisher_trace(
 ) -> Tensor:
     r"""The trace of the true Fisher of a softmax classifier,
     :math:`\operatorname{tr}F=\frac1n\sum_i\sum_c p_c(x_i)\,\|\nabla\log p_c(x_i)\|^2`.
+
+    Book: chapter 2, "Near a minimum"; paper: §3.5.
 
     The model must return logits ``[B, C]``. Labels are drawn from the model's own predictive
     distribution, not taken from the data (that is
@@ -61,7 +63,7 @@ def fisher_trace(
     if n_label_samples is not None:
         check_int("n_label_samples", n_label_samples)
     inputs = as_tuple(inputs)
-    batch = inputs[0].shape[0]
+    batch = check_batch(inputs)
     with _eval(model, eval_mode):
         check_per_sample(model, "fisher_trace")
         outputs = functional_outputs(model)
@@ -100,6 +102,8 @@ def sample_model_labels(
     r"""One label per sample drawn from the model's own predictive distribution
     :math:`y_i\sim\operatorname{softmax}(z(x_i))`.
 
+    Book: chapter 2, "Near a minimum"; paper: §3.5.
+
     Training a network of the same architecture on such labels makes a *well-specified* problem:
     at its population minimum the labels are distributed as the model predicts, the condition under
     which the empirical Fisher, the Fisher and the Hessian agree
@@ -121,7 +125,7 @@ def sample_model_labels(
     tensor([1, 1, 1, 1])
     """
     inputs = as_tuple(inputs)
-    total = inputs[0].shape[0]
+    total = check_batch(inputs)
     batch_size = check_int("batch_size", batch_size)
     labels = []
     with _eval(model, True), torch.no_grad():

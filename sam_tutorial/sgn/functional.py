@@ -44,6 +44,8 @@ def _trainable(model: nn.Module) -> list[tuple[str, Tensor]]:
 def flat_params(model: nn.Module) -> Tensor:
     """The trainable parameters of ``model`` as one detached vector, in ``parameters()`` order.
 
+    Book: chapter 2, "Per-sample gradients".
+
     Args:
         model: any module; parameters with ``requires_grad=False`` are left out.
 
@@ -63,6 +65,8 @@ def flat_params(model: nn.Module) -> Tensor:
 @contextmanager
 def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode (BatchNorm uses running statistics, dropout off) for a block.
+
+    Book: chapter 2, "Per-sample gradients".
 
     Every module's ``training`` flag is restored on exit. With ``enabled=False`` nothing changes.
 
@@ -85,6 +89,8 @@ def eval_mode(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
 
 def functional_outputs(model: nn.Module) -> Callable[[Tensor, Inputs], Tensor]:
     """A pure function ``(w, inputs) -> outputs`` of the flat trainable parameters ``w``.
+
+    Book: chapter 2, "Per-sample gradients".
 
     The function calls the model through :func:`torch.func.functional_call`, so it composes with
     ``grad``, ``jvp`` and ``vmap``; the model's own parameters are never modified. The modules'
@@ -140,6 +146,8 @@ def call_loss(
     """``loss_fn(forward(), targets)``; what torch raises for inputs the model cannot take, or targets
     that do not suit the loss (a float or ``[B, 1]`` target for cross-entropy, a class index out of
     range), comes back as a ``ValueError`` naming the shapes and dtypes.
+
+    Book: chapter 2, "Per-sample gradients".
     """
     try:
         out = forward()
@@ -159,6 +167,8 @@ def call_loss(
 
 def functional_losses(model: nn.Module, loss_fn: LossFn) -> Callable[[Tensor, Inputs, Tensor], Tensor]:
     """A pure function ``(w, inputs, targets) -> per-sample losses [B]`` of the flat parameters.
+
+    Book: chapter 2, "Per-sample gradients".
 
     Args:
         model: the network.
@@ -193,6 +203,8 @@ def batchable(model: nn.Module) -> bool:
     writes its (cloned) running buffers in place, which ``vmap`` cannot do with batched tangents; the
     callers fall back to a loop over vectors then.
 
+    Book: chapter 2, "Per-sample gradients".
+
     >>> batchable(nn.Linear(2, 2)), batchable(nn.BatchNorm1d(2).train())
     (True, False)
     """
@@ -201,6 +213,8 @@ def batchable(model: nn.Module) -> bool:
 
 def check_per_sample(model: nn.Module, what: str) -> None:
     """Refuse a model with a BatchNorm layer in training mode for a per-sample quantity ``what``.
+
+    Book: chapter 2, "Per-sample gradients".
 
     In training mode BatchNorm normalises by the statistics of the batch it is given, which couples the
     samples: the gradient of one sample's loss alone is then not defined (BatchNorm1d refuses a batch
@@ -224,6 +238,8 @@ def check_per_sample(model: nn.Module, what: str) -> None:
 def check_independent(model: nn.Module, loss_fn: LossFn, inputs: tuple[Tensor, ...], targets: Tensor,
                       what: str) -> None:
     """Refuse a model whose loss on one sample depends on the other samples of the batch.
+
+    Book: chapter 2, "Per-sample gradients".
 
     Per-sample gradients (and so :math:`\\operatorname{tr}V`, the batch law of the gradient, the
     per-sample norms) assume :math:`f_i` depends on sample :math:`i` only. BatchNorm in training mode,

@@ -57,6 +57,8 @@ def sample_batches(
 ) -> Tensor:
     r"""``num_batches`` independent batches of ``b`` indices out of ``range(n)``, shape ``[N, b]``.
 
+    Book: chapter 2, "Mini-batch noise, with and without replacement"; paper: claim C1.
+
     Without replacement each row is a uniformly random ``b``-subset (the first ``b`` entries of a
     uniformly random permutation, as a shuffling loader produces); with replacement the ``b`` indices
     are i.i.d. uniform.
@@ -98,6 +100,8 @@ def batch_grads(
     eval_mode: bool = True,
 ) -> Tensor:
     r"""The gradient :math:`\nabla f_\gamma(x)` of the mean loss of every batch, one row per batch.
+
+    Book: chapter 2, "Mini-batch noise, with and without replacement"; paper: claim C1.
 
     Row ``s`` is the autograd gradient of ``loss_fn(model(inputs[batches[s]]), targets[batches[s]])
     .mean()``; a repeated index counts as many times as it appears (sampling with replacement).
@@ -167,7 +171,10 @@ def batch_grads(
 
 
 class MonteCarloMoments(NamedTuple):
-    r"""Monte Carlo estimates from ``N`` sampled mini-batch gradients, each with its standard error."""
+    r"""Monte Carlo estimates from ``N`` sampled mini-batch gradients, each with its standard error.
+
+    Book: chapter 2, "Mini-batch noise, with and without replacement"; paper: claim C1.
+    """
 
     sq_norm: Tensor
     r""":math:`\widehat{\mathbb E}\|g_\gamma\|^2` (0-d)."""
@@ -189,6 +196,8 @@ class MonteCarloMoments(NamedTuple):
 def monte_carlo_moments(batch_grads: Tensor, full_grad: Tensor) -> MonteCarloMoments:
     r"""Sample means (and standard errors) of :math:`\|g\|^2`, :math:`\|g\|` and
     :math:`\|g-\nabla f\|^2` over sampled mini-batch gradients.
+
+    Book: chapter 2, "Mini-batch noise, with and without replacement"; paper: claim C1.
 
     Args:
         batch_grads: ``[N, P]`` mini-batch gradients (e.g. :func:`batch_grads`), ``N >= 2``.
@@ -226,6 +235,8 @@ def monte_carlo_moments(batch_grads: Tensor, full_grad: Tensor) -> MonteCarloMom
 def covariance_mismatch(noise: Tensor, grads: Tensor, c: float) -> Tensor:
     r"""The relative Frobenius distance :math:`\|\hat C-c\,V\|_F/\|c\,V\|_F` between the empirical
     second moment :math:`\hat C=\frac1N\sum_s\xi_s\xi_s^\top` of SGN samples and :math:`c\,V`.
+
+    Book: chapter 2, "Mini-batch noise, with and without replacement"; paper: claim C1.
 
     Never forms a :math:`P\times P` matrix: with :math:`\Xi` the ``[N, P]`` noise samples and
     :math:`G_c` the ``[n, P]`` centred per-sample gradients (:math:`V=\frac1nG_c^\top G_c`),

@@ -72,6 +72,8 @@ def per_sample_grads(
 ) -> Tensor:
     r"""Per-sample gradients :math:`\nabla f_i(x)` stacked as rows, shape ``[B, P]``.
 
+    Book: chapter 2, "Per-sample gradients".
+
     Args:
         model: the network; its parameters and buffers are not modified.
         loss_fn: per-sample loss, ``loss_fn(outputs, targets) -> [B]``.

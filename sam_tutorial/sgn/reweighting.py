@@ -74,20 +74,28 @@ SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
 
 def gibbs_objective(p: Tensor, scores: Tensor, lam: float) -> Tensor:
-    r""":math:`\langle p,s\rangle+\mathbb H(p)/\lambda` for ``p`` on the simplex (rows; ``0 log 0 = 0``)."""
+    r""":math:`\langle p,s\rangle+\mathbb H(p)/\lambda` for ``p`` on the simplex (rows; ``0 log 0 = 0``).
+
+    Book: chapter 5, "From m-SAM's cost to reweighting"; paper: §5, the Gibbs weights (claim C8).
+    """
     check_nonneg("lam", lam, positive=True)
     entropy = -torch.special.xlogy(p, p).sum(-1)
     return (p * scores).sum(-1) + entropy / lam
 
 
 def gibbs_value(scores: Tensor, lam: float) -> Tensor:
-    r"""The maximum :math:`\frac1\lambda\log\sum_ie^{\lambda s_i}` of :func:`gibbs_objective`."""
+    r"""The maximum :math:`\frac1\lambda\log\sum_ie^{\lambda s_i}` of :func:`gibbs_objective`.
+
+    Book: chapter 5, "From m-SAM's cost to reweighting"; paper: §5, the Gibbs weights (claim C8).
+    """
     check_nonneg("lam", lam, positive=True)
     return torch.logsumexp(lam * scores, dim=-1) / lam
 
 
 def maximize_on_simplex(scores: Tensor, lam: float, *, steps: int = 2000, lr: float = 0.5) -> Tensor:
     r"""Maximise :func:`gibbs_objective` directly by mirror (exponentiated-gradient) ascent from uniform.
+
+    Book: chapter 5, "From m-SAM's cost to reweighting"; paper: §5, the Gibbs weights (claim C8).
 
     An independent check of the Gibbs form: the iteration never uses the softmax solution.
     """
@@ -103,6 +111,8 @@ def maximize_on_simplex(scores: Tensor, lam: float, *, steps: int = 2000, lr: fl
 def maximize_unrelaxed(grads: Tensor, lam: float, *, steps: int = 2000, lr: float = 0.2) -> Tensor:
     r"""A maximiser of the *unrelaxed* problem :math:`\|\sum_ip_ig_i\|+\mathbb H(p)/\lambda` over the simplex
     (rows of ``grads`` are the :math:`g_i`), by mirror ascent from the uniform distribution.
+
+    Book: chapter 5, "From m-SAM's cost to reweighting"; paper: §5, the Gibbs weights (claim C8).
 
     The objective is not concave (the norm is convex in :math:`p`), so this is a local maximiser. When all
     :math:`g_i` point the same way, :math:`\|\sum_ip_ig_i\|=\sum_ip_i\|g_i\|` and the answer is the Gibbs
@@ -122,17 +132,26 @@ def maximize_unrelaxed(grads: Tensor, lam: float, *, steps: int = 2000, lr: floa
 
 
 def effective_batch(p: Tensor) -> Tensor:
-    r""":math:`1/\sum_ip_i^2`: the number of equally weighted samples with the same concentration."""
+    r""":math:`1/\sum_ip_i^2`: the number of equally weighted samples with the same concentration.
+
+    Book: chapter 5, "What the shared probe does to the effective batch".
+    """
     return 1.0 / p.square().sum(-1)
 
 
 def weight_share(p: Tensor, mask: Tensor) -> Tensor:
-    """The total weight ``p`` puts on the samples where ``mask`` holds."""
+    """The total weight ``p`` puts on the samples where ``mask`` holds.
+
+    Book: chapter 5, "Label noise"; paper: Table 4.
+    """
     return (p * mask.to(p.dtype)).sum(-1)
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman's rank correlation of two 1-d tensors (ties broken by order)."""
+    """Spearman's rank correlation of two 1-d tensors (ties broken by order).
+
+    Book: chapter 5, "The estimator"; paper: §5, the finite-difference estimator (claim C9).
+    """
     ra = a.argsort().argsort().double()
     rb = b.argsort().argsort().double()
     ra, rb = ra - ra.mean(), rb - rb.mean()
@@ -141,7 +160,10 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
 
 def square_probe_variance(g: Tensor, kind: str = "rademacher") -> Tensor:
     r"""Variance of :math:`(z^\top g)^2` (claim C9): :math:`2(\|g\|^4-\sum_jg_j^4)` for Rademacher ``z``,
-    :math:`2\|g\|^4` for Gaussian ``z``; rows of ``g`` are separate vectors."""
+    :math:`2\|g\|^4` for Gaussian ``z``; rows of ``g`` are separate vectors.
+
+    Book: chapter 5, "The estimator"; paper: claim C9.
+    """
     sq = g.square().sum(-1)
     if kind == "rademacher":
         return 2 * (sq.square() - g.pow(4).sum(-1))
@@ -151,7 +173,10 @@ def square_probe_variance(g: Tensor, kind: str = "rademacher") -> Tensor:
 
 
 def rademacher_probe(model: nn.Module, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """A ±1 tangent for every trainable parameter of ``model`` (a dict by parameter name)."""
+    """A ±1 tangent for every trainable parameter of ``model`` (a dict by parameter name).
+
+    Book: chapter 5, "The estimator"; paper: §5, the finite-difference estimator (claim C9).
+    """
     return {
         k: (torch.randint(0, 2, v.shape, generator=generator, device=v.device) * 2 - 1).to(v.dtype)
         for k, v in model.named_parameters() if v.requires_grad
@@ -192,6 +217,8 @@ def probe_scores(
     radius: float | None = None,
 ) -> Tensor:
     r"""Per-sample scores ``[B]`` of one batch, all on the scale of :math:`\sqrt{2/\pi}\|\nabla f_i\|`.
+
+    Book: chapter 5, "The estimator"; paper: §5, the finite-difference estimator (claim C9).
 
     Args:
         model: the network (its parameters are not changed; use eval mode to switch dropout off, or

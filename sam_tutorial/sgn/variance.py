@@ -54,6 +54,8 @@ def trace_V(
     r"""The trace of the SGN covariance over the given samples,
     :math:`\operatorname{tr}V=\frac1n\sum_i\|\nabla f_i-\nabla f\|^2`.
 
+    Book: chapter 2, "The SGN covariance"; paper: tr V of Thms. 3.3-3.5.
+
     Two routes give the same number:
 
     * ``"hooks"`` (:mod:`sam_tutorial.sgn.fast_norms`): per-sample squared norms from one forward and
@@ -175,6 +177,8 @@ def _moments_by_hooks(
 def sgn_trace(grads: Tensor) -> Tensor:
     r""":math:`\operatorname{tr}V` from per-sample gradients stacked as rows (``[n, P]``).
 
+    Book: chapter 2, "The SGN covariance"; paper: tr V of Thms. 3.3-3.5.
+
     >>> sgn_trace(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
     tensor(1.)
     """
@@ -192,6 +196,8 @@ def _check_grads(grads: Tensor) -> None:
 
 def sgn_spectrum(grads: Tensor, k: int | None = None) -> Tensor:
     r"""The largest eigenvalues of :math:`V=\frac1n G_c^\top G_c` (:math:`G_c` the centred rows).
+
+    Book: chapter 2, "Spectra: more than the traces"; paper: §3.5.
 
     When :math:`n<P` the nonzero spectrum is taken from the :math:`n\times n` Gram matrix
     :math:`\frac1n G_cG_c^\top`, which has the same nonzero eigenvalues; otherwise from the
@@ -242,6 +248,8 @@ def empirical_fisher_trace(
     r"""The trace of the empirical Fisher :math:`\frac1n\sum_i\nabla f_i\nabla f_i^\top`, i.e.
     :math:`\frac1n\sum_i\|\nabla f_i\|^2=\operatorname{tr}V+\|\nabla f\|^2`.
 
+    Book: chapter 2, "Near a minimum"; paper: §3.5.
+
     With ``loss_fn`` the negative log-likelihood of the observed labels this is the empirical
     Fisher of the paper's §3.5 (:math:`V\approx` Fisher near a minimum, where :math:`\nabla f\approx0`).
 
@@ -281,6 +289,8 @@ def empirical_fisher_trace(
 
 def sgn_eigenvectors(grads: Tensor, k: int) -> tuple[Tensor, Tensor]:
     r"""The top ``k`` eigenpairs of :math:`V=\frac1nG_c^\top G_c` from the :math:`n\times n` Gram matrix.
+
+    Book: chapter 2, "Spectra: more than the traces"; paper: §3.5.
 
     If :math:`\frac1nG_cG_c^\top a=\lambda a` with :math:`\|a\|=1`, then
     :math:`u=G_c^\top a/\sqrt{n\lambda}` is a unit eigenvector of :math:`V` with the same eigenvalue.

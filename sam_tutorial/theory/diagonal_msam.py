@@ -41,7 +41,10 @@ PERTURBATIONS = ("gradient", "random")
 
 
 class DiagonalMSAMRun(NamedTuple):
-    """The result of :func:`train_diagonal_msam` (one row per radius)."""
+    """The result of :func:`train_diagonal_msam` (one row per radius).
+
+    Book: chapter 4, "The diagonal linear network (claim C7)".
+    """
 
     rhos: Tensor
     """``[R]`` the radii."""
@@ -75,6 +78,8 @@ def train_diagonal_msam(
     seed: int = 0,
 ) -> DiagonalMSAMRun:
     r"""m-USAM (or the random-direction baseline) on the diagonal linear network, one row per radius.
+
+    Book: chapter 4, "The diagonal linear network (claim C7)".
 
     Args:
         data: from :func:`~sam_tutorial.theory.diagonal_net.diagonal_net_data`.

@@ -1,7 +1,8 @@
 r"""The sparse-regression diagonal linear network of Andriushchenko & Flammarion (2022, §4), the
 setting in which they showed m-sharpness with a closed-form generalisation measure (claim C7).
 
-The model is :math:`\beta = u\odot u - v\odot v` (equivalently :math:`w_+^2 - w_-^2`) trained on
+The model is :math:`\beta = u\odot v` (equivalently :math:`w_+^2 - w_-^2` with
+:math:`w_\pm=(u\pm v)/2`) trained on
 :math:`\frac1{2n}\|X\beta - y\|^2`; a smaller initialisation scale, or an implicit bias towards it,
 gives a sparser :math:`\beta` and a smaller test loss :math:`\|\beta-\beta^*\|^2`.
 
@@ -30,7 +31,10 @@ __all__ = [
 
 
 class DiagonalNetData(NamedTuple):
-    """Sparse regression data of A&F's diagonal-linear-network experiment."""
+    """Sparse regression data of A&F's diagonal-linear-network experiment.
+
+    Book: chapter 4, "The diagonal linear network (claim C7)".
+    """
 
     features: Tensor
     r"""``[n, d]`` training inputs, rows :math:`N(0, I)`."""
@@ -58,6 +62,8 @@ def diagonal_net_data(
     dtype: torch.dtype = torch.float64,
 ) -> DiagonalNetData:
     r"""A&F's sparse regression setup (their ``diag_nets_sam.ipynb``: n=20, d=30, r=3, 1000 test points).
+
+    Book: chapter 4, "The diagonal linear network (claim C7)".
 
     :math:`\beta^*` has ``sparsity`` non-zero entries :math:`|z_j|/\|z\|`, :math:`z\sim N(0,I)`;
     features are standard normal; targets are noiseless. A&F draw with NumPy's global seed, so the
@@ -88,6 +94,8 @@ class DiagonalNetProblem:
     :math:`x=(u,v)\in\mathbb R^{2d}` with per-sample loss :math:`f_i=\frac12(x_i^\top(u\odot v)-y_i)^2`
     (so :math:`f` is A&F's :math:`\frac1{2n}\|X\beta-y\|^2`).
 
+    Book: chapter 4, "The diagonal linear network (claim C7)".
+
     Args:
         features: ``[n, d]``.
         targets: ``[n]``.
@@ -112,7 +120,10 @@ class DiagonalNetProblem:
 
 
 class DiagonalNetRun(NamedTuple):
-    """The result of :func:`train_diagonal_net`."""
+    """The result of :func:`train_diagonal_net`.
+
+    Book: chapter 4, "The diagonal linear network (claim C7)".
+    """
 
     u: Tensor
     r"""final ``u`` ``[d]``."""
@@ -146,6 +157,8 @@ def train_diagonal_net(
     r"""Full-batch GD, n-SAM or 1-SAM on the diagonal linear network, transcribing A&F's
     ``diag_nets.py`` (all perturbations *unnormalised*, :math:`u_0=\text{init\_scale}\cdot\mathbf 1`,
     :math:`v_0=0`):
+
+    Book: chapter 4, "The diagonal linear network (claim C7)".
 
     * ``"gd"``: :math:`(u,v)\leftarrow(u,v)-\gamma\nabla f`.
     * ``"n-sam"``: gradient of :math:`f` at :math:`(u,v)+\rho\nabla f(u,v)`.

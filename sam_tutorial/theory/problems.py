@@ -35,6 +35,8 @@ __all__ = [
 class QuadraticProblem:
     r"""Per-sample quadratics :math:`f_i(x)=\frac12(x-c_i)^\top A_i(x-c_i)`.
 
+    Book: chapter 3, "SGD's stochastic modified equation".
+
     With different :math:`A_i` the per-sample gradients :math:`A_i(x-c_i)` spread differently at
     different :math:`x`, so :math:`\operatorname{tr}V` depends on :math:`x` (paper §7, claim C5).
 
@@ -92,6 +94,8 @@ def make_quadratic_problem(
     """Random per-sample quadratics: eigenvalues of each :math:`A_i` uniform in ``curvature_range``,
     random eigenvectors, centres :math:`c_i\\sim N(0,\\text{spread}^2 I)`.
 
+    Book: chapter 3, "SGD's stochastic modified equation".
+
     Args:
         n: number of samples.
         dim: dimension :math:`d`.
@@ -128,6 +132,8 @@ def make_quadratic_problem(
 class LogisticProblem:
     r"""Logistic regression: :math:`f_i(w)=\log(1+e^{-y_ix_i^\top w})+\frac{\lambda}{2}\|w\|^2`,
     labels :math:`y_i\in\{-1,+1\}`.
+
+    Book: chapter 3, "Euler–Maruyama paths against the discrete algorithm (C5)".
 
     Args:
         features: ``[n, d]``.
@@ -194,6 +200,8 @@ def logistic_data(
 ) -> tuple[Tensor, Tensor]:
     """Gaussian features and labels from a random linear teacher, with a fraction of labels flipped.
 
+    Book: chapter 3, "Euler–Maruyama paths against the discrete algorithm (C5)".
+
     Args:
         n: number of samples.
         dim: feature dimension.
@@ -225,6 +233,8 @@ def logistic_data(
 
 class SharpFlatProblem:
     r"""A 2-D landscape with a sharp and a flat minimum of (nearly) equal loss.
+
+    Book: chapter 1, "A landscape with a sharp and a flat minimum".
 
     Per-sample losses are soft minima of two isotropic quadratic basins,
 
@@ -280,6 +290,8 @@ def make_sharp_flat_problem(
 ) -> SharpFlatProblem:
     r"""A :class:`SharpFlatProblem` with the sharp basin at :math:`(-\text{sep}/2, 0)` and the flat
     one at :math:`(+\text{sep}/2, 0)`.
+
+    Book: chapter 1, "A landscape with a sharp and a flat minimum".
 
     Args:
         n: number of samples.

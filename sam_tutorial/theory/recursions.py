@@ -65,7 +65,10 @@ VARIANTS = ("sgd", "usam", "n-usam", "m-usam", "sam", "n-sam", "m-sam")
 
 
 class Variant(NamedTuple):
-    """A parsed variant name."""
+    """A parsed variant name.
+
+    Book: chapter 3, "The drift of each variant, step by step"; paper: the update rules behind Thms. 3.3-3.8.
+    """
 
     name: str
     """one of :data:`VARIANTS`."""
@@ -80,6 +83,8 @@ class Variant(NamedTuple):
 
 def parse_variant(name: str) -> Variant:
     """Parse a variant name.
+
+    Book: chapter 3, "The drift of each variant, step by step"; paper: the update rules behind Thms. 3.3-3.8.
 
     Raises:
         ValueError: if ``name`` is not in :data:`VARIANTS`.
@@ -97,6 +102,8 @@ def parse_variant(name: str) -> Variant:
 
 def check_sizes(n: int, variant: Variant, b: int, m: int | None, replacement: bool) -> int:
     """Validate ``b`` and ``m`` for ``n`` samples; return the size of one perturbation's batch.
+
+    Book: chapter 3, "The drift of each variant, step by step"; paper: the update rules behind Thms. 3.3-3.8.
 
     Raises:
         ValueError: if ``b < 1``, ``b > n`` without replacement, ``m`` missing or not dividing ``b``
@@ -121,6 +128,8 @@ def check_sizes(n: int, variant: Variant, b: int, m: int | None, replacement: bo
 
 def problem_size(problem: ProblemFn, x: object, name: str = "x") -> int:
     """The number n of per-sample losses of ``problem`` at ``x`` (``[d]`` or ``[..., d]``: its first row).
+
+    Book: chapter 3, "The drift of each variant, step by step"; paper: the update rules behind Thms. 3.3-3.8.
 
     Raises:
         ValueError: naming ``name`` if it is not a floating-point tensor, or the problem cannot take it
@@ -192,6 +201,8 @@ def update_direction(
 ) -> Tensor:
     r"""The direction :math:`D_\gamma(x)` of one step on the batch with sample ``indices`` (table above).
 
+    Book: chapter 3, "The drift of each variant, step by step"; paper: the update rules behind Thms. 3.3-3.8.
+
     Args:
         problem: the problem, ``x [d] -> [n]``.
         x: parameters ``[d]``.
@@ -236,6 +247,8 @@ def expected_update(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     r""":math:`\mathbb E_\gamma D_\gamma(x)`, the mean update direction over the batch law.
+
+    Book: chapter 3, "Checking the drifts numerically (C3, C4)"; paper: Thms. 3.3-3.8.
 
     Exact by enumeration when there are at most ``max_batches`` batches (for m-variants: micro-batches
     of size ``m``, whose law alone fixes the mean), else a Monte Carlo average. n-variants need no
@@ -301,6 +314,8 @@ def discrete_trajectory(
     seed: int = 0,
 ) -> Tensor:
     r"""``n_paths`` independent runs of :math:`x_{k+1}=x_k-\eta D_{\gamma_k}(x_k)`, batched with ``vmap``.
+
+    Book: chapter 3, "The drift of each variant, step by step"; paper: the update rules behind Thms. 3.3-3.8.
 
     Args:
         problem: the problem, ``x [d] -> [n]``.

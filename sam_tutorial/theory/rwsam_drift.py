@@ -82,6 +82,8 @@ def _check(rho: float, lam: float, descent: str) -> None:
 def gibbs_batch_weights(rows: Tensor, scores: Tensor, lam: float) -> Tensor:
     r"""Gibbs weights for each batch row: :math:`p_i\propto c_i\,e^{\lambda s_i}` over the batch's members.
 
+    Book: chapter 5, "What RW-SAM regularises"; paper: §5.
+
     Args:
         rows: ``[N, n]`` batch rows, ``count_i / b`` (as in
             :class:`~sam_tutorial.sgn.batches.BatchDistribution`).
@@ -110,20 +112,29 @@ def _ascent(losses: ProblemFn, x: Tensor, perturb: Tensor, normalize: bool) -> T
 def rw_direction(losses: ProblemFn, x: Tensor, descent: Tensor, perturb: Tensor, *, rho: float,
                  normalize: bool = True) -> Tensor:
     r"""One step's direction :math:`\nabla f_w(x+\rho N(g_p))` for weight rows ``descent`` (w) and
-    ``perturb`` (p)."""
+    ``perturb`` (p).
+
+    Book: chapter 5, "What RW-SAM regularises"; paper: §5.
+    """
     return _weighted_grad(losses)(x + rho * _ascent(losses, x, perturb, normalize), descent)
 
 
 def first_order_direction(losses: ProblemFn, x: Tensor, descent: Tensor, perturb: Tensor, *, rho: float,
                           normalize: bool = True) -> Tensor:
-    r""":math:`g_w + \rho H_w N(g_p)`: the direction to first order in ρ (one Hessian-vector product)."""
+    r""":math:`g_w + \rho H_w N(g_p)`: the direction to first order in ρ (one Hessian-vector product).
+
+    Book: chapter 5, "What RW-SAM regularises"; paper: §5.
+    """
     e = _ascent(losses, x, perturb, normalize)
     g, hv = jvp(lambda y: _weighted_grad(losses)(y, descent), (x,), (e,))[:2]
     return g + rho * hv
 
 
 class RWUpdate(NamedTuple):
-    """The mean update of RW-(U)SAM over the batch law."""
+    """The mean update of RW-(U)SAM over the batch law.
+
+    Book: chapter 5, "What RW-SAM regularises"; paper: §5.
+    """
 
     direction: Tensor
     """``[d]``: :math:`\\mathbb E_\\gamma D_\\gamma(x)`."""
@@ -156,6 +167,8 @@ def expected_rw_update(
 ) -> RWUpdate:
     r"""Mean RW-(U)SAM update over uniformly drawn batches of size ``b`` (exact when they can be enumerated).
 
+    Book: chapter 5, "What RW-SAM regularises"; paper: §5.
+
     Args:
         losses: the problem, ``x [d] -> [n]``.
         x: parameters ``[d]``.
@@ -187,7 +200,10 @@ def expected_rw_update(
 
 def expected_m_update(losses: ProblemFn, x: Tensor, *, rho: float, m: int, normalize: bool = True,
                       first_order: bool = False, max_batches: int = 4096) -> Tensor:
-    r"""Mean m-(U)SAM update: one micro-batch of size ``m`` (without replacement) per perturbation."""
+    r"""Mean m-(U)SAM update: one micro-batch of size ``m`` (without replacement) per perturbation.
+
+    Book: chapter 5, "A valley of minima with varying noise".
+    """
     n = losses(x).shape[-1]
     dist = batch_distribution(n, m, max_batches=max_batches, dtype=x.dtype, device=x.device)
     step = first_order_direction if first_order else rw_direction
@@ -197,7 +213,10 @@ def expected_m_update(losses: ProblemFn, x: Tensor, *, rho: float, m: int, norma
 def expected_fixed_weights_update(losses: ProblemFn, x: Tensor, *, rho: float, perturb: Tensor,
                                   descent: Tensor, normalize: bool = False) -> Tensor:
     r"""Mean update with weights fixed per batch *position*, over all :math:`n^b` ordered batches drawn
-    with replacement (``perturb`` and ``descent`` are ``[b]``, each summing to 1)."""
+    with replacement (``perturb`` and ``descent`` are ``[b]``, each summing to 1).
+
+    Book: chapter 5, "What RW-SAM regularises"; paper: §5.
+    """
     n, b = losses(x).shape[-1], perturb.numel()
     if descent.shape != perturb.shape:
         raise ValueError(f"perturb and descent must both be [b]; got {tuple(perturb.shape)}, "
@@ -212,7 +231,10 @@ def expected_fixed_weights_update(losses: ProblemFn, x: Tensor, *, rho: float, p
 def fixed_weights_drift(losses: ProblemFn, x: Tensor, *, rho: float, perturb: Tensor,
                         descent: Tensor) -> tuple[Tensor, float]:
     r"""The closed form :math:`\nabla f+\rho[\nabla^2f\,\nabla f+c\,\tfrac12\nabla\operatorname{tr}V]` of the
-    mean RW-USAM update with fixed position weights (with replacement), and :math:`c=\sum_b w_bp_b`."""
+    mean RW-USAM update with fixed position weights (with replacement), and :math:`c=\sum_b w_bp_b`.
+
+    Book: chapter 5, "What RW-SAM regularises"; paper: §5.
+    """
     f = lambda y: losses(y).mean()  # noqa: E731
     g = grad(f)(x)
     hg = jvp(grad(f), (x,), (g,))[1]
@@ -223,6 +245,8 @@ def fixed_weights_drift(losses: ProblemFn, x: Tensor, *, rho: float, perturb: Te
 class NoisyValley:
     r"""Per-sample losses :math:`f_i(u,v)=\tfrac12 e^{au}\big(\|v-c_i\|^2-\sigma^2\big)`,
     :math:`v\in\mathbb R^k`, centres :math:`c_i` with mean 0 and :math:`\sigma^2=\frac1n\sum_i\|c_i\|^2`.
+
+    Book: chapter 5, "A valley of minima with varying noise".
 
     Then :math:`f=\tfrac12e^{au}\|v\|^2`: every point :math:`(u,0)` is a minimum with :math:`f=0`, but no
     :math:`f_i` is minimal there (not interpolating), and along the valley

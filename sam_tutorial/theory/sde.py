@@ -138,6 +138,9 @@ def implicit_regularizer(
 ) -> Tensor:
     r"""The implicit regulariser :math:`R(x)` of ``variant`` (module table), differentiable in ``x``.
 
+    Book: chapter 3, "The implicit regulariser, and what it predicts for m-sharpness"; paper: Thms. 3.3-3.8,
+    Prop. 3.9.
+
     Args:
         problem: the problem, ``x [d] -> [n]``.
         x: ``[d]`` or ``[..., d]``.
@@ -180,6 +183,8 @@ def drift(
     max_batches: int = 4096,
 ) -> Tensor:
     r"""The drift :math:`-\nabla\big(f+R+[\tfrac\eta4\|\nabla f\|^2]\big)(x)` of ``variant``.
+
+    Book: chapter 3, "The drift of each variant, step by step"; paper: Thms. 3.3-3.8.
 
     Its negative is the mean update direction of the discrete algorithm up to :math:`O(\rho^2)`
     (claims C3, C4; see :func:`sam_tutorial.theory.recursions.expected_update`).
@@ -225,6 +230,8 @@ def drift(
 
 def diffusion_matrix(problem: ProblemFn, x: Tensor, *, b: int, replacement: bool = False) -> Tensor:
     r"""The leading-order diffusion :math:`\Sigma(x)=c_b V(x)`, shape ``[..., d, d]`` (module docstring).
+
+    Book: chapter 3, "SGD's stochastic modified equation"; paper: the diffusion of Thms. 3.3-3.5.
 
     Args:
         problem: the problem, ``x [d] -> [n]``.
@@ -273,6 +280,8 @@ def euler_maruyama(
     max_batches: int = 4096,
 ) -> Tensor:
     r"""``n_paths`` Euler–Maruyama paths of the variant's SDE, recorded at the times :math:`k\eta`.
+
+    Book: chapter 3, "Euler–Maruyama paths against the discrete algorithm (C5)"; paper: Def. 3.2.
 
     With step :math:`h=\eta/\text{substeps}`:
     :math:`X\leftarrow X+h\,b(X)+\sqrt{\eta h}\,\sqrt{c_b/n}\,G_c(X)^\top\zeta`,
@@ -342,7 +351,10 @@ def euler_maruyama(
 
 
 class WeakError(NamedTuple):
-    r"""Result of :func:`weak_error`."""
+    r"""Result of :func:`weak_error`.
+
+    Book: chapter 3, "Euler–Maruyama paths against the discrete algorithm (C5)"; paper: Def. 3.2.
+    """
 
     times: Tensor
     r"""``[n_steps + 1]``, :math:`t=k\eta`."""
@@ -379,6 +391,8 @@ def weak_error(
 ) -> WeakError:
     r"""The weak error :math:`\max_{k\le T/\eta}|\mathbb E\varphi(x_k)-\mathbb E\varphi(X_{k\eta})|`
     between the discrete algorithm and its SDE (Definition 3.2, claim C5), by Monte Carlo.
+
+    Book: chapter 3, "Euler–Maruyama paths against the discrete algorithm (C5)"; paper: Def. 3.2.
 
     Args:
         problem: the problem, ``x [d] -> [n]``.

@@ -61,6 +61,8 @@ KINDS = ((1.0, 1.0), (-1.0, 1.0), (1.0, -1.0), (-1.0, -1.0))
 class ValleyProblem:
     r"""The valley problem of the module docstring, a callable ``x [..., 2] -> [..., n]``.
 
+    Book: chapter 4, "A valley of minima where only the noise changes".
+
     Args:
         kappa: :math:`\kappa`, how fast the per-sample curvatures change along the valley
             (they stay positive for :math:`|u|<1/\kappa`).
@@ -109,6 +111,8 @@ class ValleyProblem:
 def kind_count_law(m: int, *, replacement: bool = True, copies: int = 1) -> tuple[Tensor, Tensor]:
     """The law of how many samples of each kind a uniformly drawn micro-batch of size ``m`` holds.
 
+    Book: chapter 4, "A valley of minima where only the noise changes".
+
     Returns:
         ``(counts [K, 4], probs [K])``: multinomial probabilities with replacement, multivariate
         hypergeometric ones without (``m <= 4 * copies``).
@@ -142,6 +146,8 @@ def expected_grad_norm(
     r""":math:`\mathbb E\|g_I(x)\|` over micro-batches :math:`I` of size ``m``, exactly, by enumerating
     the kind counts (:func:`kind_count_law`); differentiable in ``x``. Shape ``x.shape[:-1]``.
 
+    Book: chapter 4, "A valley of minima where only the noise changes".
+
     The normalised family's regulariser is :math:`\rho` times this (paper Theorems 3.6-3.8); it is an
     independent route to what :func:`sam_tutorial.theory.sde.implicit_regularizer` computes by
     enumerating index sets.
@@ -155,6 +161,8 @@ def expected_grad_norm(
 
 def usam_rate(rho: float, m: int, *, kappa: float = 1.0, n: int = 4, replacement: bool = True) -> float:
     r"""The rate :math:`\rho\,c_m\kappa^2` at which the m-USAM drift shrinks :math:`u` on the floor.
+
+    Book: chapter 4, "A valley of minima where only the noise changes".
 
     >>> usam_rate(0.1, 2)
     0.05
@@ -174,6 +182,8 @@ def predicted_u(
     substeps: int = 8,
 ) -> Tensor:
     r"""The SDE's prediction of :math:`\mathbb E\,u_t` on the valley floor (:math:`v=0`).
+
+    Book: chapter 4, "A valley of minima where only the noise changes".
 
     ``sgd``/``n-usam``/``n-sam``: :math:`u_0` (no drift along the valley). ``usam``/``m-usam``:
     :math:`u_0e^{-\rho c_m\kappa^2t}`. ``sam``/``m-sam``: the ODE :math:`\dot u=-\rho\,\partial_u
@@ -226,6 +236,8 @@ def simulate(
     record_every: int = 1,
 ) -> Tensor:
     r"""``n_paths`` runs of a SAM variant on the valley, with closed-form gradients.
+
+    Book: chapter 4, "A valley of minima where only the noise changes".
 
     The same recursion and the same batches as
     :func:`sam_tutorial.theory.recursions.discrete_trajectory` (it draws them with

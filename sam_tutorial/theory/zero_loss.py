@@ -39,6 +39,8 @@ class TwoProducts:
     r"""Two samples :math:`f_j=\frac12(u_jv_j-\beta_j)^2`, a callable ``x [..., 4] -> [..., 2]`` with
     ``x = (u_1, u_2, v_1, v_2)``.
 
+    Book: chapter 4, "The interpolating contrast".
+
     Args:
         beta: :math:`(\beta_1,\beta_2)`, both non-zero.
     """
@@ -73,7 +75,10 @@ class TwoProducts:
 
 
 class ZeroLossRun(NamedTuple):
-    """The result of :func:`run_zero_loss`."""
+    """The result of :func:`run_zero_loss`.
+
+    Book: chapter 4, "The interpolating contrast".
+    """
 
     steps: Tensor
     """``[k]`` the recorded iterations."""
@@ -98,6 +103,8 @@ def run_zero_loss(
     r"""Full-batch descent with a normalised perturbation: ``"gd"``, ``"n-sam"`` (one perturbation
     :math:`\rho\nabla f/\|\nabla f\|`) or ``"1-sam"`` (each sample its own
     :math:`\rho\nabla f_j/\|\nabla f_j\|`, the gradients at the perturbed points averaged).
+
+    Book: chapter 4, "The interpolating contrast".
 
     Raises:
         ValueError: for an unknown algorithm, ``eta <= 0`` or ``rho < 0``.

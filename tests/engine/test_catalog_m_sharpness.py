@@ -19,8 +19,9 @@ def test_registered_with_the_grid_in_paper_mode():
             assert spec.train.rho == rho and spec.tags == {"m": m, "rho": rho}
             kind = {BATCH: "sam", N_TRAIN: "n-sam"}.get(m, "m-sam")
             assert spec.train.optimizer == kind and (spec.train.m == m) == (kind == "m-sam")
-            assert spec.data.label_noise == 0.3 and spec.data.n_train == 2000
-            assert spec.model == "cnn1d" and spec.model_options == {"channels": 64}
+            assert spec.data == paper["sgd"].data and spec.model == paper["sgd"].model  # only m, rho vary
+            assert spec.model_options == paper["sgd"].model_options
+            assert spec.data.n_train == N_TRAIN and BATCH < N_TRAIN  # n-SAM's "m = n" is the data set
 
 
 def test_standard_mode_is_sgd_and_m8_at_its_best_radius_with_the_paper_configuration():

@@ -125,7 +125,8 @@ BAD_BATCHES = {
     "label >= classes": lambda x, y: (x, torch.full_like(y, 3), "out of bounds"),
     "float targets": lambda x, y: (x, y.double(), "targets: CrossEntropyLoss takes class indices"),
     "int32 targets": lambda x, y: (x, y.int(), "takes int64 class indices, got torch.int32"),
-    "inputs of the wrong size": lambda x, y: (x[:, :4], y, "shapes cannot be multiplied"),
+    "inputs of the wrong size": lambda x, y: (x[:, :4], y,
+                                             "shapes cannot be multiplied|Expected size for first two"),
 }
 
 
@@ -239,7 +240,8 @@ def test_wrong_call_forms_are_named() -> None:
         (lambda: opt.step({"x": x}, CE), "CrossEntropyLoss takes \\(outputs, targets\\)"),
         (lambda: opt.step([[1.0, 2.0]], y, CE), "inputs must be a tensor, or a tuple/list/dict"),
         (lambda: opt.step(text, lambda m, b: CE(m(b["mask"]), y)), "batch\\['mask'\\] has 5 samples"),
-        (lambda: opt.step(x, y, CE, closure=lambda: CE(model(x), y).mean()), "either a closure or the batch"),
+        (lambda: opt.step(x, y, CE, closure=lambda: CE(model(x), y).mean().backward()),
+         "either a closure .* or the batch"),
     ]:
         _refused(model, opt, call, ValueError, message)
 
