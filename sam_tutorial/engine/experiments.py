@@ -6,7 +6,7 @@ experiment          chapter  what it runs
 ``smoke``           (CLI)    SGD, SAM, m-SAM, RW-SAM for a few epochs on MNIST-1D
 ``m-sweep``         (CLI)    m-SAM at a fixed rho for m = B .. 8 (+ SGD) on the MLP: a null result
 ``m-sharpness-cnn`` 4        m-SAM on a rho x m grid, 1-D CNN, 30 % label noise (recorded)
-``escape``          4        from an SGD solution, SGD / n-SAM / SAM / m-SAM: tr V epoch by epoch
+``escape``          (CLI)    from an SGD solution, SGD / n-SAM / SAM / m-SAM: tr V epoch by epoch
 ``rw-compare``      5        SGD, SAM, RW-SAM {uniform, weighted} x {fd, exact score}
 ``rw-study-*``      5        the recorded study: ``compare`` (rho-tuned, m-SAM, exact norms),
                              ``lambda`` (lambda sweep), ``noise`` (20-60 % label noise)

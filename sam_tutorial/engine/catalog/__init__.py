@@ -4,7 +4,7 @@
 module              experiments
 =================== ===============================================================================
 ``smoke``           ``smoke`` (a pipeline check; command line only)
-``m_sharpness``     chapter 4: ``m-sharpness-cnn``, ``escape``; ``m-sweep`` (command line only)
+``m_sharpness``     chapter 4: ``m-sharpness-cnn``; ``escape`` (recorded), ``m-sweep`` (command line only)
 ``reweighted``      chapter 5: ``rw-compare``, ``rw-study-compare``, ``rw-study-lambda``, ``rw-study-noise``
 ``controls``        chapters 4-5: ``controls-noise``, ``controls-escape`` (the CNN's memorising setting)
 ``paper``           chapter 6: the paper's Tables 1, 4 and 6 (``table*``)

@@ -181,6 +181,8 @@ register(
         _escape,
         SEEDS,
         chapter="04_m_sharpness",
+        cli_only="recorded in results/escape-standard.json, which chapter 6's scoreboard reads "
+        "(reproduction.result_rows.escape_rows); chapter 4 shows controls-escape, the CNN's version",
         notes="Standard mode: "
         "Phase 1: SGD without weight decay, 30 epochs (cosine from 0.05). Phase 2 starts from its weights "
         "with a constant learning rate 0.02, rho 0.1, no weight decay, 10 epochs; tr V on the first 1000 "
