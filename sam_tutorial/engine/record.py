@@ -13,6 +13,7 @@ invalid or half-written reaches ``results/``. :mod:`sam_tutorial.engine.recorded
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,7 +30,8 @@ def records_from_results(records: Iterable[Mapping[str, Any]]) -> list[dict[str,
     """The recorded form of result records (what :func:`sam_tutorial.engine.runs.run_one` returns):
     label, seed, configuration hash, tags, final metrics, seconds per epoch, number of processes, and as
     ``history`` the per-epoch step metrics (``history["step"]`` of :func:`sam_tutorial.engine.train.fit`)
-    with the per-epoch test accuracy."""
+    with the per-epoch test accuracy. A value that left the finite numbers (a diverged run) is recorded as
+    ``null``: result files hold finite numbers only, and JSON has no NaN."""
     out = []
     for r in records:
         rec = {
@@ -37,17 +39,27 @@ def records_from_results(records: Iterable[Mapping[str, Any]]) -> list[dict[str,
             "seed": r["seed"],
             "config_hash": r["config_hash"],
             "tags": dict(r.get("tags", {})),
-            "metrics": dict(r["metrics"]),
+            "metrics": _finite_or_none(r["metrics"]),
             "seconds_per_epoch": r.get("timing", {}).get("seconds_per_epoch"),
         }
         if "distributed" in r.get("config", {}):
             rec["distributed"] = dict(r["config"]["distributed"])
         history = r.get("history", {})
         if history.get("step"):
-            rec["history"] = {"test_acc": list(history.get("test_acc", [])),
-                              **{k: list(v) for k, v in history["step"].items()}}
+            rec["history"] = {"test_acc": _finite_or_none(history.get("test_acc", [])),
+                              **{k: _finite_or_none(v) for k, v in history["step"].items()}}
         out.append(rec)
     return out
+
+
+def _finite_or_none(values: Any) -> Any:
+    """``values`` (a dict or a list) with every non-finite float replaced by ``None``."""
+    def clean(v: Any) -> Any:
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    if isinstance(values, Mapping):
+        return {k: clean(v) for k, v in values.items()}
+    return [clean(v) for v in values]
 
 
 def write_result_file(
