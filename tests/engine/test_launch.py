@@ -208,3 +208,20 @@ def test_one_run_on_two_processes_through_the_local_executor(tmp_path: Path, dat
     (record,) = done.result.records
     assert record["config"]["distributed"]["world_size"] == 2
     assert len(record["history"]["test_acc"]) == EPOCHS
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--timing", "missing.json"], "is not a file"),
+    (["--timing", "{bad}"], "holds no step times"),
+    (["--results", "{file}"], "is not a folder"),
+    (["--gpus-per-run", "0"], "--gpus-per-run"),
+])
+def test_plan_usage_errors_are_one_line(tmp_path: Path, argv: list[str], message: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    (tmp_path / "file.txt").write_text("not a folder")
+    argv = [a.replace("{bad}", str(tmp_path / "bad.json")).replace("{file}", str(tmp_path / "file.txt"))
+            for a in argv]
+    assert main(["plan", "smoke", "--mode", "quick", "--out", str(tmp_path / "runs"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1 and message in err
