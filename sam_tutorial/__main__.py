@@ -25,7 +25,7 @@ ONE line ``error: ...`` on stderr, without a traceback, and returns
 - **1** for a file on disk that is missing or broken (a result, checkpoint or data file; the line names
   it and says what to do).
 
-A new subcommand adds a row to :data:`SUBCOMMANDS` and raises ``UserError("--flag ...: what to do")``
+A new subcommand adds a row to ``SUBCOMMANDS`` and raises ``UserError("--flag ...: what to do")``
 for its own usage errors; it needs no ``try``/``print`` of its own.
 """
 
@@ -168,7 +168,13 @@ def _plan(args: argparse.Namespace) -> int:
         if not Path(args.timing).is_file():
             raise UserError(f"--timing {args.timing} is not a file; give a step-time JSON "
                             "(tools/paper_smoke.py writes one)")
-        times = estimate.read_step_times(args.timing)
+        try:
+            times = estimate.read_step_times(args.timing)
+        except (ValueError, KeyError, TypeError) as err:  # ResultFileError is a ValueError
+            reason = ("not JSON" if "JSON" in str(err) else "not a step-time format" if "holds no step times"
+                      in str(err) else f"{type(err).__name__}: {err}")
+            raise UserError(f"--timing {args.timing} holds no step times ({reason}); give a file written by "
+                            "tools/paper_smoke.py, tools/time_paper_models.py or `bench --json`") from None
     else:
         times = estimate.device_step_times([f for f in (results, packaged_results()) if f is not None])
     plan = plan_experiment(args.name, mode=mode, seeds=seeds, out=out, results=results, times=times,
@@ -320,16 +326,13 @@ def _data(args: argparse.Namespace) -> int:
     from sam_tutorial.engine.data import data_root
     from sam_tutorial.engine.download import DownloadError
 
-    folder = data_root(args.data_root)
-    if folder.exists() and not folder.is_dir():
-        print(f"error: --data-root {folder} is a file; give a folder", file=sys.stderr)
-        return 2
+    folder = config.check_folder("--data-root" if args.data_root is not None else f"${config.DATA_ENV}",
+                                 data_root(_data_root(args)), writable=True)
     present = cifar_present(args.name, folder)
     try:
         where = download_cifar(args.name, folder, progress=not args.no_progress)
-    except DownloadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except DownloadError as err:  # the network or the archive, not the command line: status 1
+        return _error(err, 1)
     done = "already in" if present else "downloaded, checksum verified, unpacked into"
     print(f"{args.name}: {done} {where}")
     return 0

@@ -128,6 +128,22 @@ def test_train_config_from_dict_checks_option_values() -> None:
         TrainConfig.from_dict(data)
 
 
+class _Subclass(SAM):
+    """A user's subclass with an annotation that cannot be resolved at run time."""
+
+    def __init__(self, model: nn.Module, base: torch.optim.Optimizer, *, rho: float,
+                 extra: NotImportedHere | None = None, flag: bool = False) -> None:  # type: ignore[name-defined]  # noqa: F821
+        super().__init__(model, base, rho=rho)
+        self.flag = flag
+
+
+def test_a_subclass_is_typed_too_even_with_an_unresolvable_annotation() -> None:
+    model = _mlp()
+    assert _Subclass(model, torch.optim.SGD(model.parameters(), lr=0.1), rho=0.1).flag is False
+    with pytest.raises(ValueError, match="_Subclass: flag must be True or False, got 'no'"):
+        _Subclass(model, torch.optim.SGD(model.parameters(), lr=0.1), rho=0.1, flag="no")
+
+
 def test_check_options_names_an_unknown_option() -> None:
     with pytest.raises(ValueError, match="SAM has no argument 'normalise'; it takes: rho, normalize"):
         SAM.check_options({"normalise": True})

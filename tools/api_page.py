@@ -29,8 +29,10 @@ SECTIONS = (
 HEADER = """# API reference
 
 The package `sam_tutorial` does every computation in the book. This page is generated from its
-docstrings (`python tools/api_page.py`), which state the equation each function implements. The
-layout and the direction of imports are in `ARCHITECTURE.md` at the root of the repository.
+docstrings (`python tools/api_page.py`). In the optimizers, the noise, the curvature and the theory
+subpackages each function and class links back to the chapter section that uses it (`Book: chapter N,
+"section"`) and, where known, the item of the paper it implements (`paper: Thm. 3.5`). The layout and
+the direction of imports are in `ARCHITECTURE.md` at the root of the repository.
 
 ## `sam_tutorial`: the public face
 

@@ -61,7 +61,7 @@ def base_environment(folder: Path, torch_pin: str, python: str) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         _run([python, "-m", "venv", str(venv)])
         pip = [str(venv / "bin" / "python"), "-m", "pip"]
-        _run([*pip, "install", "--quiet", *packages])
+        _run([*pip, "install", "--quiet", "--no-compile", *packages])  # no .pyc of torch's files: minutes
         _run([*pip, "wheel", "--quiet", "--wheel-dir", str(wheels), *WHEELHOUSE_PACKAGES, "--no-deps"])
         stamp.touch()
     py = venv / "bin" / "python"
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                              "its base interpreter)")
     parser.add_argument("--cell-timeout", type=int, default=600)
     args = parser.parse_args(argv)
+    args.env, args.out = args.env.resolve(), args.out.resolve()  # the environments' commands run elsewhere
     notebooks = [p.resolve() for p in (args.notebooks or sorted((ROOT / "book").glob("*.ipynb")))]
     python = str(args.python)
     start = time.perf_counter()

@@ -17,7 +17,7 @@ again, and the requeued job resumes from the run's own last checkpoint (its ``pr
 shared by the nodes (with POSIX ``flock`` locks, which Lustre and NFSv4 provide).
 
 **One run on several GPUs.** ``gpus_per_run = N`` asks for N tasks with one GPU each; inside the job
-submitit's :class:`~submitit.helpers.TorchDistributedEnvironment` exports the variables torchrun would
+submitit's ``submitit.helpers.TorchDistributedEnvironment`` exports the variables torchrun would
 set, and the run trains under DDP exactly as under ``torchrun --nproc_per_node N`` (its cache key
 records the world size; the perturbation scope is the configuration's).
 
@@ -295,7 +295,7 @@ def _collect(jobs: Mapping[tuple[str, int], Any], done: Launch, report: Callable
     """Wait for every job of a wave; record outputs and one-line failures (with the job's log)."""
     for key, job in jobs.items():
         try:
-            output = job.result()
+            output = job.results()[0]  # rank 0's (every rank returns the same record)
         except Exception as err:  # submitit re-raises the job's exception with its traceback
             last = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             done.failed[key] = f"{last} (log: {getattr(job.paths, 'stderr', '?')})"

@@ -14,6 +14,18 @@ in ``step(inputs, targets, loss_fn)``, where ``loss_fn`` returns one loss per sa
 >>> sorted(stats._fields)
 ['grad_norm', 'loss', 'loss_perturbed', 'perturbation_norm', 'skipped', 'weights']
 
+============ ===========================================================================
+module       what it holds
+============ ===========================================================================
+``base``     :class:`~sam_tutorial.optim.base.PerturbedOptimizer` (passes, buffers, skip, checkpoint;
+             the subclass protocol of a new variant), :class:`~sam_tutorial.optim.base.StepStats`
+``sam``      SAM, USAM and ASAM (paper Eq. (2))
+``nsam``     n-SAM / n-USAM: the perturbation from the full-data gradient
+``msam``     m-SAM / m-USAM: one perturbation per micro-batch of m samples (loop or vmap)
+``rwsam``    RW-SAM: one perturbation from a Gibbs-reweighted batch (paper §5)
+``variants`` the variant registry: name, printed name, class, settings, examples, colour
+============ ===========================================================================
+
 This package imports nothing outside itself and torch.
 """
 

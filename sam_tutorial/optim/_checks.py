@@ -150,8 +150,19 @@ def check_typed(owner: str, name: str, value: Any, hint: Any) -> None:
 
 @functools.cache
 def argument_types(fn: Callable[..., Any]) -> Mapping[str, Any]:
-    """The annotated types of ``fn``'s arguments (strings resolved in ``fn``'s module)."""
-    return inspect.get_annotations(fn, eval_str=True)
+    """The annotated types of ``fn``'s arguments (strings resolved in ``fn``'s module); a subclass whose
+    annotations cannot be resolved here (names imported under ``TYPE_CHECKING``) keeps only the
+    annotations that can."""
+    try:
+        return inspect.get_annotations(fn, eval_str=True)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation must not break a user's subclass
+        resolved: dict[str, Any] = {}
+        for name, hint in inspect.get_annotations(fn).items():
+            try:
+                resolved[name] = eval(hint, fn.__globals__) if isinstance(hint, str) else hint  # noqa: S307
+            except Exception:  # noqa: BLE001
+                continue
+        return resolved
 
 
 def check_arguments(owner: str, fn: Callable[..., Any], arguments: Mapping[str, Any]) -> None:

@@ -85,6 +85,8 @@ BACKENDS = ("auto", "loop", "vmap")
 class MSAM(PerturbedOptimizer):
     """Micro-batch SAM: each micro-batch of ``m`` samples is perturbed with its own gradient.
 
+    Book: chapter 1, "Where the perturbation's gradient comes from"; paper: Thms. 3.5-3.8.
+
     Args:
         model: the module to train.
         base: any ``torch.optim.Optimizer`` instance over the model's parameters.

@@ -64,6 +64,8 @@ __all__ = ["NSAM"]
 class NSAM(PerturbedOptimizer):
     """SAM whose perturbation is built from the gradient over a fixed data set ``data``.
 
+    Book: chapter 1, "Where the perturbation's gradient comes from"; paper: Thm. 3.4.
+
     Args:
         model: the module to train.
         base: any ``torch.optim.Optimizer`` instance over the model's parameters.

@@ -72,7 +72,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -98,11 +99,18 @@ PROBES = ("rademacher", "gaussian")
 SCORES = ("finite-difference", "exact", "norm")
 TRANSFORMS = ("abs", "square")
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
-"""E|zᵀg| / ‖g‖ for a Rademacher or Gaussian probe z in high dimension: the scale of ``score="norm"``."""
+"""The scale of ``score="norm"``, E|zᵀg| / ‖g‖ for a Rademacher or Gaussian probe z in high dimension."""
+
+
+_FORWARD_AD_ERRORS = ("RuntimeError", "NotImplementedError", "CheckpointError")
+"""Exact error types torch raises when forward-mode AD cannot pass (subclasses such as out of memory,
+or the model's own errors, propagate unchanged)."""
 
 
 def gibbs_weights(scores: Tensor, lam: float) -> Tensor:
     """Gibbs weights p_i = exp(λ a_i) / Σ_j exp(λ a_j) over the last dimension.
+
+    Book: chapter 5, "From m-SAM's cost to reweighting"; paper: §5 (claim C8).
 
     They solve max_{p ∈ Δ} ⟨p, a⟩ + H(p)/λ (entropy-regularised maximum; paper §5.2). λ = 0 gives the
     uniform distribution, λ → ∞ all weight on the largest score. Computed in float32 (or float64).
@@ -122,6 +130,8 @@ def _at_least_fp32(t: Tensor) -> Tensor:
 class RWSAM(PerturbedOptimizer):
     """Reweighted SAM: SAM whose perturbation comes from a Gibbs-reweighted batch gradient.
 
+    Book: chapter 5, "From m-SAM's cost to reweighting"; paper: §5.
+
     Args:
         model: the module to train.
         base: any ``torch.optim.Optimizer`` instance over the model's parameters.
@@ -130,7 +140,7 @@ class RWSAM(PerturbedOptimizer):
         delta: the probe radius ‖w⁺ − w‖ of the finite difference, a finite number > 0. It is a
             radius, not a per-coordinate step, so the default 0.01 is valid for any model size (the
             paper's δ·√d with δ = 0.01/√d). Unused with ``score="exact"`` or ``"norm"``.
-        score: one of :data:`SCORES`: ``"finite-difference"`` (default, the paper's: one extra forward
+        score: one of ``SCORES``: ``"finite-difference"`` (default, the paper's: one extra forward
             at w + δu), ``"exact"`` (zᵀ∇f_i by forward-mode AD inside pass 1; no δ, immune to low
             precision) or ``"norm"`` (√(2/π)‖∇f_i‖ from exact per-sample gradients; no probe).
         transform: ``"abs"`` for ``|zᵀ∇f_i|`` (default) or ``"square"`` for its square.
@@ -279,10 +289,17 @@ class RWSAM(PerturbedOptimizer):
     def _dual_losses(self, batch: Any, batch_size: int) -> tuple[Tensor, Tensor]:
         """Per-sample losses at w and their directional derivatives vᵀ∇f_i, in one dual forward (on the
         eager module behind a ``torch.compile``d one: compiled graphs carry no forward-mode AD)."""
-        try:
+        with self._forward_ad_errors():
             return self._dual_forward(batch, batch_size)
+
+    @contextmanager
+    def _forward_ad_errors(self) -> Iterator[None]:
+        """Turn torch's errors about forward-mode AD (raised in the dual forward or, with activation
+        checkpointing, when pass 1's backward recomputes it) into one that says what to use instead."""
+        try:
+            yield
         except (RuntimeError, NotImplementedError) as e:
-            if isinstance(e, torch.OutOfMemoryError):
+            if self.score != "exact" or type(e).__name__ not in _FORWARD_AD_ERRORS:
                 raise
             raise RuntimeError(
                 "RWSAM(score='exact') needs forward-mode AD through the model, which failed here "
@@ -408,7 +425,8 @@ class RWSAM(PerturbedOptimizer):
             else:
                 p, factor = self._weights_from_scores(scores).detach(), 1.0
             self.last_weights = p
-            pairs = self._ascent_grads((p.to(losses.dtype) * losses).sum() * factor)
+            with self._forward_ad_errors():  # checkpointing recomputes the dual forward here
+                pairs = self._ascent_grads((p.to(losses.dtype) * losses).sum() * factor)
         self._save_buffers()
         gnorm, enorm = self._ascend(pairs=pairs)
         self.zero_grad()

@@ -52,6 +52,8 @@ __all__ = ["SAM"]
 class SAM(PerturbedOptimizer):
     """Sharpness-aware minimization on the mini-batch (``m = B``); USAM with ``normalize=False``.
 
+    Book: chapter 1, "The sharpness-aware objective"; paper: Eq. (2); USAM in Thm. 3.3.
+
     Args:
         model: the module to train.
         base: any ``torch.optim.Optimizer`` instance over the model's parameters.

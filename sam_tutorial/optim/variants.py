@@ -54,6 +54,8 @@ __all__ = ["REGISTRY", "VARIANTS", "Variant", "display_name", "label", "make", "
 class Variant:
     """One member of the SAM family.
 
+    Book: chapter 1, "SAM and its family".
+
     Attributes:
         name: the one spelling (lower case, hyphenated: ``"m-usam"``).
         display: the name the book prints (``"m-USAM"``; a U marks the unnormalised perturbation).
@@ -88,11 +90,11 @@ class Variant:
                                  f"{self.cls.__name__} does not take")
 
     def make(self, model: nn.Module, base: Optimizer, **kwargs: Any) -> PerturbedOptimizer:
-        """The optimizer: ``cls(model, base, **kwargs)`` with :attr:`fixed` on top."""
+        """The optimizer: ``cls(model, base, **kwargs)`` with ``fixed`` on top."""
         return self.cls(model, base, **{**kwargs, **self.fixed})
 
     def label(self, suffix: str = "") -> str:
-        """``name`` or ``name-suffix`` (the label of one of :attr:`examples`)."""
+        """``name`` or ``name-suffix`` (the label of one of ``examples``)."""
         return f"{self.name}-{suffix}" if suffix else self.name
 
 
@@ -102,6 +104,8 @@ REGISTRY: dict[str, Variant] = {}
 
 def register(variant: Variant) -> Variant:
     """Add a variant to :data:`REGISTRY` (its name must be new and must not contain a label's settings).
+
+    Book: chapter 1, "SAM and its family".
 
     Raises:
         ValueError: if the name is taken or is not lower-case and hyphenated.
@@ -148,6 +152,8 @@ VARIANTS: dict[str, str] = {name: v.display for name, v in REGISTRY.items()}
 def variant_of(name_or_label: str) -> str:
     """The variant a label starts with (the longest matching name).
 
+    Book: chapter 1, "SAM and its family".
+
     Raises:
         ValueError: if the label starts with no variant name of :data:`REGISTRY`.
     """
@@ -161,12 +167,17 @@ def variant_of(name_or_label: str) -> str:
 
 
 def display_name(name_or_label: str) -> str:
-    """The printed name of the variant a label starts with, e.g. ``"n-usam"`` -> ``"n-USAM"``."""
+    """The printed name of the variant a label starts with, e.g. ``"n-usam"`` -> ``"n-USAM"``.
+
+    Book: chapter 1, "SAM and its family".
+    """
     return REGISTRY[variant_of(name_or_label)].display
 
 
 def make(name: str, model: nn.Module, base: Optimizer, **kwargs: Any) -> PerturbedOptimizer:
     """Build variant ``name`` (a name of :data:`REGISTRY`) over ``base``; ``kwargs`` go to its class.
+
+    Book: chapter 1, "SAM and its family".
 
     Raises:
         ValueError: for a name that is not registered.
@@ -180,6 +191,8 @@ def label(name: str, **settings: Any) -> str:
     """A run label: the variant's name, then each setting in the order given, a number as its name and
     value (``m=16`` -> ``m16``, ``lam=0.1`` -> ``lam0.1``), a string as itself (``backend="vmap"``
     -> ``vmap``).
+
+    Book: chapter 1, "SAM and its family".
 
     Raises:
         ValueError: for a name that is not registered.

@@ -13,6 +13,7 @@ module               what it computes
 ``monte_carlo``      the same moments by sampling batches (an independent check)
 ``fisher``           the true Fisher trace, labels drawn from the model
 ``curvature_noise``  :math:`\tfrac12\nabla\operatorname{tr}V=\operatorname{Cov}_i(H_i,\nabla f_i)`
+``reweighting``      RW-SAM's ingredients: Gibbs weights, probe scores, effective batch (C8, C9)
 ==================== ===================================================================
 """
 

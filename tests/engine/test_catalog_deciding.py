@@ -84,3 +84,16 @@ def test_rwsam_quick_runs_end_to_end_on_cifar_shaped_files(tmp_path: Path) -> No
     (record,) = result.records
     assert record["config"]["train"]["options"] == {"weighted_descent": True, "standardize": True}
     assert record["metrics"]["trace_V"] is not None and math.isfinite(record["metrics"]["test_loss"])
+
+
+def test_escape_noise_and_nsam_quick_runs_on_cifar_shaped_files(tmp_path: Path) -> None:
+    write_fake_cifar(tmp_path / "data", per_file=32)
+    kw = dict(mode="quick", out=tmp_path / "runs", device="cpu", data_root=tmp_path / "data")
+    escape = run_experiment("escape-resnet18-cifar10", labels=["m-sam-m8"], **kw)  # type: ignore[arg-type]
+    (child,) = escape.records
+    assert child["config"]["init_from"] == "sgd-bad"
+    assert child["history"]["metrics"]["epoch"] == [0, 1]  # tr V at the switch and after
+    noise = run_experiment("noise-resnet18-cifar10", labels=["rw-sam-uniform-meff64-noise80"], **kw)  # type: ignore[arg-type]
+    assert "train_acc_clean" in noise.records[0]["history"]
+    nsam = run_experiment("msweep-resnet18-cifar10", labels=["n-sam"], **kw)  # type: ignore[arg-type]
+    assert nsam.records[0]["config"]["train"]["nsam_samples"] == 256

@@ -232,3 +232,10 @@ def test_cli_fetches_and_says_where(server: Server, tmp_path: Path, monkeypatch,
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "differs from the published" in err
 
+
+
+def test_cli_refuses_a_data_root_that_is_a_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "f").write_text("")
+    assert main(["data", "cifar10", "--data-root", str(tmp_path / "f"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --data-root") and err.count("\n") == 1

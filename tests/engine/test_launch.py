@@ -4,6 +4,7 @@ a partly done experiment (engine/plan.py); the command line of both."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -193,3 +194,67 @@ def test_launcher_usage_errors_are_one_line(tmp_path: Path, registered: object, 
 def test_parse_options_types_values() -> None:
     assert launch.parse_options(["timeout_min=720", "slurm_partition=gpu", "mem_gb=7.5", "x=true"]) == {
         "timeout_min": 720, "slurm_partition": "gpu", "mem_gb": 7.5, "x": True}
+
+
+def test_one_run_on_two_processes_through_the_local_executor(tmp_path: Path, data_root: Path) -> None:
+    """gpus_per_run = 2: submitit starts two tasks, the job exports torchrun's variables and the run trains
+    under DDP (gloo on the CPU); its record says so, and it is gathered with its world size."""
+    out = tmp_path / "runs"
+    exp = Experiment("launch-ddp-test", "two-process run", lambda mode: _build(mode)[:1], {"quick": (0,)})
+    done = launch.launch(exp.name, launcher="submitit-local", mode="quick", out=out, device="cpu",
+                         data_root=data_root, experiment=exp, gpus_per_run=2, report=lambda line: None,
+                         options={"timeout_min": 10})
+    assert not done.failed, done.failed
+    assert done.result is not None
+    (record,) = done.result.records
+    assert record["config"]["distributed"]["world_size"] == 2
+    assert len(record["history"]["test_acc"]) == EPOCHS
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--timing", "missing.json"], "is not a file"),
+    (["--timing", "{bad}"], "holds no step times"),
+    (["--results", "{file}"], "is not a folder"),
+    (["--gpus-per-run", "0"], "--gpus-per-run"),
+])
+def test_plan_usage_errors_are_one_line(tmp_path: Path, argv: list[str], message: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    (tmp_path / "file.txt").write_text("not a folder")
+    argv = [a.replace("{bad}", str(tmp_path / "bad.json")).replace("{file}", str(tmp_path / "file.txt"))
+            for a in argv]
+    assert main(["plan", "smoke", "--mode", "quick", "--out", str(tmp_path / "runs"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1 and message in err
+
+
+class _FakeExecutor:
+    """Records what the detached Slurm path asks of an executor (no Slurm on the test machine)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.params: dict[str, object] = {}
+
+    def update_parameters(self, **params: object) -> None:
+        self.params |= params
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def submit(self, job: launch.RunJob) -> object:
+        handle = type("Job", (), {"job_id": f"{job.label}-{job.seed}"})()
+        self.calls.append((job.label, dict(self.params)))
+        return handle
+
+
+def test_detached_children_depend_on_their_parents_job() -> None:
+    executor = _FakeExecutor()
+    specs = {s.label: s for s in EXP.runs("quick")}
+    make = launch._maker(launch.RunJob, EXP, "quick", Path("runs"), "cpu", None)
+    waves = launch._waves(EXP.runs("quick"))
+    assert [[s.label for s in w] for w in waves] == [["sgd", "sam"], ["sam-next"]]
+    first = launch._submit(executor, make, [("sgd", 0), ("sam", 0)], False, {}, specs, {"account": "x"})
+    launch._submit(executor, make, [("sam-next", 0)], False, first, specs, {"account": "x"})
+    extra = {label: params.get("slurm_additional_parameters", {}) for label, params in executor.calls}
+    assert "dependency" not in extra["sgd"]  # a wave without parents goes as one job array
+    assert extra["sam-next"] == {"account": "x", "dependency": "afterok:sgd-0"}  # the user's kept

@@ -142,7 +142,14 @@ def test_escape_rows_from_the_recorded_run() -> None:
     loaded = load_recorded(find_result("escape-standard.json").parent)
     rec = loaded.get("escape")
     rows = rr.escape_rows(rec)
-    assert len(rows) == 4 and {r.claim for r in rows} == {"C6"}
+    assert len(rows) == 6 and {r.claim for r in rows} == {"C6"}  # four orderings, two sqrt(c_m) law rows
+    law = next(r for r in rows if "m = 8 (the √c_m law)" in r.statement)
+    sgd, sam, m8 = (
+        {r["seed"]: r["metrics"]["trace_V"] for r in rec.records if r["label"] == lab}
+        for lab in ("sgd", "sam", "m-sam-m8")
+    )
+    ratios = [(sgd[s] - m8[s]) / (sgd[s] - sam[s]) - 4 for s in sgd]
+    assert f"{sum(ratios) / len(ratios):+.3g}" in law.measured
     nsam = next(r for r in rows if "n-SAM" in r.statement)
     tr_v = {lab: rec.values(lab, "trace_V") for lab in ("n-sam", "sgd")}
     d = sum(tr_v["n-sam"]) / len(tr_v["n-sam"]) - sum(tr_v["sgd"]) / len(tr_v["sgd"])

@@ -38,7 +38,8 @@ N_TRAIN = 2000
 
 NSAM_SAMPLES = 512
 """n-SAM's perturbation is the gradient of the first 512 training samples (the exact full gradient would
-cost 16 batches per step; paper.md §2.3 allows a large batch as the approximation)."""
+cost 16 batches per step; a secondary summary of the paper allows a large batch as the approximation:
+book/sources.md)."""
 
 GRID: dict[int, tuple[float, ...]] = {
     128: (0.1, 0.2, 0.3, 0.5),
