@@ -33,6 +33,7 @@ from sam_tutorial.engine.estimate import StepTimes, run_seconds
 __all__ = ["STATUSES", "Plan", "PlannedRun", "checkpoint_epoch", "plan_experiment", "result_matches"]
 
 STATUSES = ("cached", "recorded", "resumes", "to run")
+"""The status of a run in a plan (module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class PlannedRun:
 
     @property
     def hours_left(self) -> float | None:
-        """Device-hours still needed: 0 when ``cached`` or ``recorded``, the epochs not yet in the
-        checkpoint when ``resumes``."""
+        """The device-hours still needed (0 when ``cached`` or ``recorded``; the epochs not yet in the
+        checkpoint when ``resumes``)."""
         if self.status in ("cached", "recorded"):
             return 0.0
         return None if self.hours is None else self.hours * (self.epochs - self.done_epochs) / self.epochs
