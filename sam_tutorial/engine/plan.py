@@ -33,7 +33,6 @@ from sam_tutorial.engine.estimate import StepTimes, run_seconds
 __all__ = ["STATUSES", "Plan", "PlannedRun", "checkpoint_epoch", "plan_experiment", "result_matches"]
 
 STATUSES = ("cached", "recorded", "resumes", "to run")
-"""The status of a run in a plan (module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class PlannedRun:
     Attributes:
         label: the run's label.
         seed: the seed.
-        status: one of :data:`STATUSES`.
+        status: one of ``STATUSES`` (cached, recorded, resumes, to run).
         done_epochs: epochs in its checkpoint (``resumes``), else 0.
         epochs: the run's epochs.
         hours: device-hours of the whole run from scratch (``None`` without step times).
@@ -62,7 +61,7 @@ class PlannedRun:
 
     @property
     def hours_left(self) -> float | None:
-        """The device-hours still needed (0 when ``cached`` or ``recorded``; the epochs not yet in the
+        """Device-hours still needed (0 when ``cached`` or ``recorded``, the epochs not yet in the
         checkpoint when ``resumes``)."""
         if self.status in ("cached", "recorded"):
             return 0.0
