@@ -25,7 +25,7 @@ ONE line ``error: ...`` on stderr, without a traceback, and returns
 - **1** for a file on disk that is missing or broken (a result, checkpoint or data file; the line names
   it and says what to do).
 
-A new subcommand adds a row to :data:`SUBCOMMANDS` and raises ``UserError("--flag ...: what to do")``
+A new subcommand adds a row to ``SUBCOMMANDS`` and raises ``UserError("--flag ...: what to do")``
 for its own usage errors; it needs no ``try``/``print`` of its own.
 """
 

@@ -308,7 +308,10 @@ def main(
     """
     from sam_tutorial.config import check_int
     from sam_tutorial.engine.models import build_model
-    from sam_tutorial.engine.storage import write_json
+    from sam_tutorial.engine.record import write_result_file
+    from sam_tutorial.engine.result_formats import BENCH_FORMAT
+
+    started = time.perf_counter()
 
     dev = torch.device(device) if device else (
         torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
@@ -327,8 +330,11 @@ def main(
     ms = tuple(m for m in (64, 32, 16, 8) if m < batch)
     result = run(net, inputs, targets, model_name=name, ms=ms, rounds=rounds, warmup=warmup)
     print(format_table(result))
-    if json_path:
-        write_json(json_path, result)  # atomic: a killed run never leaves half a file
+    if json_path:  # atomic, with its format tag and provenance: a killed run never leaves half a file
+        command = (f"sam-tutorial bench --device {dev} --model {name} --batch {batch} --rounds {rounds} "
+                   f"--json {json_path}")
+        write_result_file(json_path, BENCH_FORMAT, result, command=command, device=result["device"],
+                          wall_seconds=time.perf_counter() - started)
         print(f"wrote {json_path}")
     return result
 
@@ -346,18 +352,18 @@ GOALS: dict[str, float] = {
 def find_results(folder: str | None = None) -> list[dict[str, Any]]:
     """Recorded benchmark results ``bench-*.json``, sorted by file name.
 
-    Looks in ``folder`` if given, else in :func:`sam_tutorial.engine.recorded.results_folder`.
+    Looks in ``folder`` if given, else in :func:`sam_tutorial.engine.recorded.results_folder`; each file
+    is read (and checked) by :func:`sam_tutorial.engine.recorded.read_result`.
     """
     from pathlib import Path
 
-    from sam_tutorial.engine.recorded import results_folder
-    from sam_tutorial.engine.storage import read_json
+    from sam_tutorial.engine.recorded import read_result, results_folder
 
     try:
         path = Path(folder) if folder is not None else results_folder()
     except FileNotFoundError:
         return []
-    return [read_json(f) for f in sorted(path.glob("bench-*.json"))]
+    return [read_result(f) for f in sorted(path.glob("bench-*.json"))]
 
 
 def best_msam(result: dict[str, Any], m: int = 16) -> tuple[str, float] | None:

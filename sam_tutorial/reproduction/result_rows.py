@@ -196,7 +196,7 @@ def _law_rows(by_label: Mapping[str, dict[Any, float]], where: str, scale: str, 
 # ------------------------------------------------------------------------------------------- chapter 5
 def _study_arm(study: Mapping[str, Any], part: str, label: str, key: str) -> dict[Any, float]:
     return _by_seed(
-        [r for r in study.get(part, []) if r.get("label") == label and r["arm"].get("rho") in (0.05, None)],
+        [r for r in study.get(part, []) if r.get("arm") == label and r.get("rho") in (0.05, 0.0)],
         key,
     )
 
@@ -207,10 +207,14 @@ _RW_ARMS = {
 }
 
 
-def study_rows(study: Mapping[str, Any] | None, source: str = "results/ch5-rwsam-study.json") -> list[Row]:
+def study_rows(
+    study: Mapping[str, Any] | None, source: str = "results/rw-study-compare-paper.json"
+) -> list[Row]:
     """Chapter 5's recorded study (MLP on MNIST-1D, ρ = 0.05 for every arm, untuned): C11 (the tr V
     ordering of Table 6), the accuracy orderings of Table 1 (analogues), and RW-SAM ≈ m-SAM (C10's
-    accuracy half)."""
+    accuracy half). ``study`` maps each part (``compare``, ``lambda``, ``noise``) to the rows of its
+    recorded file (:meth:`sam_tutorial.engine.recorded.RecordedFile.rows`: tags ``arm``, ``rho`` beside
+    the final metrics)."""
     name, where, scale = Path(source).name, "ch. 5 §5", "MNIST-1D"
     if study is None:
         return [
@@ -236,7 +240,7 @@ def study_rows(study: Mapping[str, Any] | None, source: str = "results/ch5-rwsam
         _row("C11", "tr V(SGD) > tr V(SAM)", where, scale, cmp("sgd", "sam", "trace_V", +1), "Δtr V", name)
     ]
     m_arms = sorted(
-        {r["label"] for r in study.get("compare", []) if str(r.get("label", "")).startswith("m-sam-m")},
+        {r["arm"] for r in study.get("compare", []) if str(r.get("arm", "")).startswith("m-sam-m")},
         key=lambda s: -int(s.rsplit("m", 1)[-1]),
     )
     for arm, reading in _RW_ARMS.items():
@@ -299,13 +303,13 @@ def study_rows(study: Mapping[str, Any] | None, source: str = "results/ch5-rwsam
 def bench_rows(folder: str | Path) -> list[Row]:
     """C10 from the recorded benchmarks ``bench-*.json`` (step-time ratios): RW-SAM ≈ 7/6 of SAM on every
     device; m-SAM (m = 64) ≈ 2× SAM, a GPU statement (on a CPU: not at this scale)."""
-    from sam_tutorial.engine.storage import read_json
+    from sam_tutorial.engine.recorded import read_result
     from sam_tutorial.published import OVERHEAD_CLAIM
 
     rows = []
     m = int(OVERHEAD_CLAIM["m"])
     for path in sorted(Path(folder).glob("bench-*.json")):
-        bench = read_json(path)
+        bench = read_result(path)
         device = str(bench["device"]).split(":")[0].upper()
         scale = f"{device} ({bench['model']}, B = {bench['batch']})"
         ratios = bench.get("ratios", {})

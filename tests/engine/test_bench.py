@@ -71,8 +71,13 @@ def test_best_msam_picks_the_faster_backend() -> None:
 
 
 def test_markdown_table_has_one_row_per_ratio(tmp_path) -> None:
-    (tmp_path / "bench-b.json").write_text(json.dumps(RESULT))
-    (tmp_path / "bench-a.json").write_text(json.dumps({**RESULT, "device": "cuda: y"}))
+    from sam_tutorial.engine.record import write_result_file
+    from sam_tutorial.engine.result_formats import BENCH_FORMAT
+
+    body = {**RESULT, "times": {"sgd": 1.0, "sam": 2.0}}
+    for name, device in (("bench-b.json", "cpu: x"), ("bench-a.json", "cuda: y")):
+        write_result_file(tmp_path / name, BENCH_FORMAT, {**body, "device": device},
+                          command="sam-tutorial bench", device=device, wall_seconds=1.0, commit="abc")
     found = bench.find_results(str(tmp_path))
     assert [r["device"] for r in found] == ["cuda: y", "cpu: x"]  # sorted by file name
     table = bench.markdown_table(found).splitlines()

@@ -16,7 +16,7 @@ from sam_tutorial.__main__ import main
 from sam_tutorial.engine import experiments, launch
 from sam_tutorial.engine.estimate import StepTimes, run_seconds
 from sam_tutorial.engine.plan import plan_experiment
-from sam_tutorial.engine.recorded import records_from_results, write_recorded
+from sam_tutorial.engine.record import records_from_results, write_recorded
 from sam_tutorial.engine.runs import DataSpec, Experiment, RunSpec, run_hash, run_one, run_path
 from sam_tutorial.engine.train_config import TrainConfig
 from tests.engine.helpers import write_fake_cifar
