@@ -71,7 +71,7 @@ from sam_tutorial.optim._checks import (
 from sam_tutorial.optim._engine import Engine
 from sam_tutorial.optim._integration import _HOOK_DICTS, Integration, _check_group_rho, _Shared
 from sam_tutorial.optim._skip import reset_scaler
-from sam_tutorial.optim._state import check_base_state, check_group_values
+from sam_tutorial.optim._state import check_base_state, check_group_values, without_cuda_capturable
 from sam_tutorial.optim._util import (
     Group,
     PerSampleLoss,
@@ -345,7 +345,7 @@ class PerturbedOptimizer(Engine, Integration, torch.optim.Optimizer):
             )
         check_base_state(self.base, base_sd)
         self._check_extra_state(extra)
-        self.base.load_state_dict(base_sd)
+        self.base.load_state_dict(without_cuda_capturable(self.base, base_sd))
         self._load_extra_state(extra)
         self._groups_key = ()  # the groups are new objects: rebuilt (and made capturable) at the next step
         self._capturable_groups = set()
