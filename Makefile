@@ -68,7 +68,7 @@ test: lint imports typecheck unit notebooks colab-check book-check
 	@echo "make test: all stages passed"
 
 lint: $(STAMP)
-	@$(STAGE) test "ruff" "$(BIN)/ruff" check sam_tutorial tests tools
+	@$(STAGE) test "ruff (package, tests, tools, notebooks)" "$(BIN)/ruff" check sam_tutorial tests tools book
 
 # The direction of imports of ARCHITECTURE.md (contracts in pyproject.toml, [tool.importlinter]).
 imports: $(STAMP)

@@ -25,7 +25,7 @@ ONE line ``error: ...`` on stderr, without a traceback, and returns
 - **1** for a file on disk that is missing or broken (a result, checkpoint or data file; the line names
   it and says what to do).
 
-A new subcommand adds a row to :data:`SUBCOMMANDS` and raises ``UserError("--flag ...: what to do")``
+A new subcommand adds a row to ``SUBCOMMANDS`` and raises ``UserError("--flag ...: what to do")``
 for its own usage errors; it needs no ``try``/``print`` of its own.
 """
 
@@ -168,7 +168,13 @@ def _plan(args: argparse.Namespace) -> int:
         if not Path(args.timing).is_file():
             raise UserError(f"--timing {args.timing} is not a file; give a step-time JSON "
                             "(tools/paper_smoke.py writes one)")
-        times = estimate.read_step_times(args.timing)
+        try:
+            times = estimate.read_step_times(args.timing)
+        except (ValueError, KeyError, TypeError) as err:  # ResultFileError is a ValueError
+            reason = ("not JSON" if "JSON" in str(err) else "not a step-time format" if "holds no step times"
+                      in str(err) else f"{type(err).__name__}: {err}")
+            raise UserError(f"--timing {args.timing} holds no step times ({reason}); give a file written by "
+                            "tools/paper_smoke.py, tools/time_paper_models.py or `bench --json`") from None
     else:
         times = estimate.device_step_times([f for f in (results, packaged_results()) if f is not None])
     plan = plan_experiment(args.name, mode=mode, seeds=seeds, out=out, results=results, times=times,

@@ -37,14 +37,14 @@ TABLE1: dict[tuple[str, str], tuple[float, float, float]] = {
     ("resnet50", "cifar100"): (79.55, 80.31, 80.83),
     ("wrn28-10", "cifar100"): (81.55, 83.25, 83.52),
 }
-"""Paper Table 1 [N]: top-1 test accuracy (%) of SGD, SAM, RW-SAM by (model, data set)."""
+"""Top-1 test accuracy (%) of SGD, SAM, RW-SAM by (model, data set), from paper Table 1 [N]."""
 
 TABLE2: dict[str, tuple[float, float, float]] = {
     "ImageNet, ResNet-50": (76.67, 77.16, 77.37),
     "ViT-B/16 fine-tuning, CIFAR-10": (98.24, 98.40, 98.58),
     "ViT-B/16 fine-tuning, CIFAR-100": (88.71, 89.63, 89.89),
 }
-"""Paper Table 2 [N]: top-1 accuracy (%) of the baseline (SGD; probably AdamW for ViT), SAM, RW-SAM."""
+"""Top-1 accuracy (%) of the baseline (SGD; probably AdamW for ViT), SAM, RW-SAM, from paper Table 2 [N]."""
 
 TABLE4: dict[float, tuple[float, float, float]] = {
     0.2: (87.54, 90.01, 90.34),
@@ -52,7 +52,7 @@ TABLE4: dict[float, tuple[float, float, float]] = {
     0.6: (76.64, 78.79, 81.52),
     0.8: (46.53, 37.69, 53.17),
 }
-"""Paper Table 4 [N]: test accuracy (%) of SGD, SAM, RW-SAM by label-noise rate; model and data set
+"""Test accuracy (%) of SGD, SAM, RW-SAM by label-noise rate, from paper Table 4 [N]; model and data set
 UNCONFIRMED (the catalogue assumes ResNet-18 on CIFAR-10)."""
 
 TABLE6: dict[str, tuple[float, float]] = {
@@ -60,11 +60,11 @@ TABLE6: dict[str, tuple[float, float]] = {
     "SAM": (198.40, 6.20),
     "RW-SAM": (177.79, 5.10),
 }
-"""Paper Table 6 [N]: tr V at the solution (mean, std); model and data set UNCONFIRMED."""
+"""tr V at the solution (mean, std), from paper Table 6 [N]; model and data set UNCONFIRMED."""
 
 OVERHEAD_CLAIM: dict[str, float] = {"rw-sam/sam": 7 / 6, "m": 64, "m-sam/sam": 2.0}
-"""Claimed [N] (and in the abstract [A]): RW-SAM matches m-SAM (m = 64) at about 1/6 extra time over SAM,
-while m-SAM (m = 64) costs about 2x SAM (a GPU statement)."""
+"""RW-SAM matches m-SAM (m = 64) at about 1/6 extra time over SAM, while m-SAM (m = 64) costs about 2x SAM
+(a GPU statement), as claimed [N] and in the abstract [A]."""
 
 CIFAR_TRAIN = 50_000
 """Training images per epoch of CIFAR-10/100 (the data sets' definition)."""

@@ -100,7 +100,7 @@ def test_recorded_results_ship_with_the_package_and_a_local_folder_overrides(tmp
 
     packaged = packaged_results()
     shipped = sorted(p.name for p in packaged.glob("*.json"))
-    assert "m-sharpness-cnn.json" in shipped and "ch5-rwsam-study.json" in shipped
+    assert "m-sharpness-cnn.json" in shipped and "rw-study-compare-paper.json" in shipped
     assert packaged.parent == Path(config.__file__).resolve().parent  # inside the package, not the repository
     monkeypatch.chdir(tmp_path)  # an empty folder, as on Colab: the packaged files are found
     assert results_folder() == packaged

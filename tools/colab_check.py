@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                              "its base interpreter)")
     parser.add_argument("--cell-timeout", type=int, default=600)
     args = parser.parse_args(argv)
+    args.env, args.out = args.env.resolve(), args.out.resolve()  # the environments' commands run elsewhere
     notebooks = [p.resolve() for p in (args.notebooks or sorted((ROOT / "book").glob("*.ipynb")))]
     python = str(args.python)
     start = time.perf_counter()

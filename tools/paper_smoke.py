@@ -39,12 +39,10 @@ from sam_tutorial.engine.data import Dataset, load_dataset
 from sam_tutorial.engine.experiments import EXPERIMENTS
 from sam_tutorial.engine.loader import BatchLoader
 from sam_tutorial.engine.models import build_model
-from sam_tutorial.engine.recorded import git_commit
-from sam_tutorial.engine.runs import versions
-from sam_tutorial.engine.storage import write_json
+from sam_tutorial.engine.record import write_result_file
+from sam_tutorial.engine.result_formats import TIMING_FORMAT
 from sam_tutorial.engine.train_config import TrainConfig, cross_entropy, make_optimizer
 
-TIMING_FORMAT = "sam_tutorial.timing/1"
 ALIASES = {f"m-sam-m{estimate.BATCH // 2}-loop": "m-sam-half-loop"}
 """Keys written twice, under the name chapter 6's older table reads too."""
 
@@ -154,24 +152,21 @@ def main(argv: list[str] | None = None) -> int:
                         "measured_seconds": time.perf_counter() - t0}
         print(f"{name}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()), file=sys.stderr)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    write_json(args.out, {
-        "format": TIMING_FORMAT, "batches": [args.batch], "rounds": args.steps, "warmup": args.warmup,
-        "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "clock": "wall, device synchronised before and after the timed steps",
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "models": models,
-        "provenance": {
-            "command": "python tools/paper_smoke.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "commit": git_commit(), "package": versions(),
-            "device": f"{device.type}: {gpu or platform.processor() or platform.machine()}",
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "wall_seconds": time.perf_counter() - started,
-            "notes": f"paper smoke: {source}; each optimizer from a catalogue paper-mode configuration, "
-                     f"{args.steps} steps after {args.warmup} warm-up steps inside the training loop"
-                     + ("; quick-mode stand-in models (a check of the tool, not the paper models)"
-                        if args.quick_models else ""),
-        },
-    })
+    write_result_file(
+        args.out, TIMING_FORMAT,
+        {"batches": [args.batch], "rounds": args.steps, "warmup": args.warmup,
+         "threads": torch.get_num_threads() if device.type == "cpu" else None,
+         "clock": "wall, device synchronised before and after the timed steps",
+         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+         "models": models},
+        command="python tools/paper_smoke.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        device=f"{device.type}: {gpu or platform.processor() or platform.machine()}",
+        wall_seconds=time.perf_counter() - started,
+        notes=f"paper smoke: {source}; each optimizer from a catalogue paper-mode configuration, "
+              f"{args.steps} steps after {args.warmup} warm-up steps inside the training loop"
+              + ("; quick-mode stand-in models (a check of the tool, not the paper models)"
+                 if args.quick_models else ""),
+    )
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 

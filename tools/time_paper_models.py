@@ -17,7 +17,6 @@ b: per image), evaluates it at the paper's batch of 128 and scales to an epoch o
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import sys
@@ -33,12 +32,10 @@ from sam_tutorial import MSAM, RWSAM, SAM
 from sam_tutorial.engine import cost
 from sam_tutorial.engine.catalog.paper import PAPER_MODELS
 from sam_tutorial.engine.models import build_model
-from sam_tutorial.engine.recorded import git_commit
-from sam_tutorial.engine.runs import versions
-from sam_tutorial.engine.storage import write_json
+from sam_tutorial.engine.record import write_result_file
+from sam_tutorial.engine.result_formats import TIMING_FORMAT
 
 CE = torch.nn.CrossEntropyLoss(reduction="none")
-TIMING_FORMAT = "sam_tutorial.timing/1"
 PAPER_BATCH = 128  # the paper's batch size, which the chapter extrapolates the timed batches to
 
 
@@ -125,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"{name}: {per_batch}", file=sys.stderr)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    write_json(
+    write_result_file(
         args.out,
+        TIMING_FORMAT,
         {
-            "format": TIMING_FORMAT,
             "batches": batches,
             "rounds": args.rounds,
             "warmup": args.warmup,
@@ -136,18 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             "clock": "process_time (CPU seconds of this process)" if device.type == "cpu" else "wall",
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "models": models,
-            "provenance": {
-                "command": "python tools/time_paper_models.py "
-                + " ".join(sys.argv[1:] if argv is None else argv),
-                "commit": git_commit(),
-                "package": versions(),
-                "device": f"{device.type}: {gpu or platform.processor() or platform.machine()}",
-                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "wall_seconds": time.perf_counter() - started,
-                "notes": "synthetic CIFAR-shaped batch; one step per optimizer on its own copy of the model; "
-                "m-SAM with m = batch/2 (two micro-batches, as m = 64 of the paper's 128)",
-            },
         },
+        command="python tools/time_paper_models.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        device=f"{device.type}: {gpu or platform.processor() or platform.machine()}",
+        wall_seconds=time.perf_counter() - started,
+        notes="synthetic CIFAR-shaped batch; one step per optimizer on its own copy of the model; "
+        "m-SAM with m = batch/2 (two micro-batches, as m = 64 of the paper's 128)",
     )
     return 0
 

@@ -7,6 +7,10 @@ limit about 2: two forward and two backward passes), ``rw-sam/sam`` (about 7/6: 
 ``rw-sam-exact/sam`` (RW-SAM with the exact forward-mode score: pass 1 is one dual forward),
 ``m-sam-m16-loop/sam`` and ``m-sam-m16-vmap/sam`` (the same arithmetic as SAM, in B/m pieces), ...
 
+Next to the times, the operators one step dispatches (:func:`sam_tutorial.engine.cost.count_ops`):
+kernels (a proxy for GPU kernel launches, independent of machine load) and host synchronisations, for
+every variant and for SAM with a ``GradScaler``; ``op_ratios`` divides the kernels by SAM's.
+
 The cost of ``trace_V`` over N samples is reported relative to one forward+backward over them.
 
 Run it as ``python -m sam_tutorial bench`` (or ``make bench``); see :func:`run`.
@@ -36,12 +40,14 @@ __all__ = [
     "CE",
     "GOALS",
     "PRESETS",
+    "ProbeForward",
     "best_msam",
     "default_model",
     "find_results",
     "format_table",
     "main",
     "markdown_table",
+    "op_counts",
     "ratios",
     "run",
     "time_steps",
@@ -83,9 +89,25 @@ def variants(
     return out
 
 
-def _with_sgd_base(factory: Factory) -> Callable[[nn.Module], Any]:
-    """The factory with SGD (momentum 0.9) as the base optimizer."""
-    return lambda model: factory(model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
+class ProbeForward:
+    """One forward without gradient in train mode: what RW-SAM adds to SAM (its probe at w + δu).
+
+    Timed beside the variants, ``probe-forward/sam`` gives RW-SAM's floor: ``rw-sam/sam`` cannot be
+    below ``1 + probe-forward/sam`` (three forwards and two backwards against two and two).
+    """
+
+    def __init__(self, model: nn.Module, base: torch.optim.Optimizer) -> None:
+        self.model = model
+
+    def step(self, inputs: Tensor, targets: Tensor, loss_fn: Callable[..., Tensor]) -> Tensor:
+        with torch.inference_mode():
+            return loss_fn(self.model(inputs), targets)
+
+
+def _with_sgd_base(factory: Factory, foreach: bool | None = None) -> Callable[[nn.Module], Any]:
+    """The factory with SGD (momentum 0.9) as the base optimizer (``foreach``: torch's choice if None)."""
+    return lambda model: factory(
+        model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=foreach))
 
 
 def time_steps(
@@ -111,6 +133,39 @@ def time_steps(
     per_round = cost.step_times(with_base, model, inputs, targets, CE, steps=1, repeats=rounds,
                                 warmup=warmup, cpu_threads=None)
     return {name: float(np.median(ts)) for name, ts in per_round.items()}
+
+
+def op_counts(
+    model: nn.Module, inputs: Tensor, targets: Tensor, factories: dict[str, Factory], *, warmup: int = 2
+) -> dict[str, dict[str, int]]:
+    """Operators dispatched by one step of each optimizer (after ``warmup`` steps), on its own copy of
+    ``model`` with the benchmark's SGD base in its multi-tensor (foreach) form, the one torch uses on
+    CUDA (on the CPU it would loop over the parameters, 3 ops each, and blur the engine's share);
+    ``sam-scaler`` is SAM with an enabled ``GradScaler``.
+
+    Returns:
+        name -> ``{"kernels", "dispatched", "syncs"}`` (see :class:`sam_tutorial.engine.cost.OpCount`).
+    """
+    scaled: Factory = functools.partial(_sam_with_scaler, device=inputs.device)
+    out: dict[str, dict[str, int]] = {}
+    for name, factory in {**factories, "sam-scaler": scaled}.items():
+        opt = _with_sgd_base(factory, foreach=True)(copy.deepcopy(model))
+        for _ in range(warmup):
+            opt.step(inputs, targets, CE)
+        out[name] = cost.count_ops(functools.partial(opt.step, inputs, targets, CE))._asdict()
+    return out
+
+
+def _sam_with_scaler(model: nn.Module, base: torch.optim.Optimizer, *, device: torch.device) -> Any:
+    from sam_tutorial.optim import SAM
+
+    return SAM(model, base, rho=0.05, scaler=torch.amp.GradScaler(device.type))
+
+
+def op_ratios(ops: dict[str, dict[str, int]]) -> dict[str, float]:
+    """Every variant's kernels per step relative to SAM's (``m-sam-m16-vmap/sam``, ...)."""
+    sam = ops["sam"]["kernels"]
+    return {f"{name}/sam": c["kernels"] / sam for name, c in ops.items() if name != "sam"}
 
 
 def ratios(times: dict[str, float]) -> dict[str, float]:
@@ -172,14 +227,17 @@ def run(
 
     Returns:
         A JSON-ready dict with keys ``device``, ``model``, ``batch``, ``ratios``, ``times`` (median
-        seconds per step), ``trace_V`` (seconds and ratio), ``torch``, ``platform``, ``rounds``.
+        seconds per step), ``ops`` (kernels, dispatches and host syncs of one step), ``op_ratios``
+        (kernels relative to SAM), ``trace_V`` (seconds and ratio), ``torch``, ``platform``, ``rounds``.
     """
     batch = inputs.shape[0]
     g = torch.Generator(device="cpu").manual_seed(1)
     idx = torch.randint(0, batch, (4 * batch,), generator=g).to(inputs.device)
     nsam_data = (inputs[idx], targets[idx])  # n-SAM's data: 4 batches (its cost grows with |data|)
     factories = variants(batch, ms, backends, nsam_data)
-    times = time_steps(model, inputs, targets, factories, rounds=rounds, warmup=warmup)
+    timed: dict[str, Any] = {**factories, "probe-forward": ProbeForward}
+    times = time_steps(model, inputs, targets, timed, rounds=rounds, warmup=warmup)
+    ops = op_counts(model, inputs, targets, factories, warmup=warmup)
     n = trace_samples or batch
     device = inputs.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -189,6 +247,8 @@ def run(
         "batch": batch,
         "ratios": ratios(times),
         "times": times,
+        "ops": ops,
+        "op_ratios": op_ratios(ops),
         "trace_V": {"samples": n, **trace_v_cost(model, inputs[:n], targets[:n])},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -199,11 +259,18 @@ def run(
 
 def format_table(result: dict[str, Any]) -> str:
     """The result as a plain-text table (what ``python -m sam_tutorial bench`` prints)."""
+    ops = result.get("ops", {})
     lines = [f"device: {result['device']}   model: {result['model']}   batch: {result['batch']}",
-             f"{'variant':<22}{'ms/step':>10}"]
-    lines += [f"{k:<22}{1000 * v:>10.2f}" for k, v in result["times"].items()]
+             f"{'variant':<22}{'ms/step':>10}{'kernels':>10}{'syncs':>7}"]
+    for k in dict.fromkeys([*result["times"], *ops]):
+        t = f"{1000 * result['times'][k]:>10.2f}" if k in result["times"] else f"{'-':>10}"
+        c = ops.get(k)
+        lines.append(f"{k:<22}{t}" + (f"{c['kernels']:>10}{c['syncs']:>7}" if c else ""))
     lines += ["", f"{'ratio':<26}{'value':>8}"]
     lines += [f"{k:<26}{v:>8.3f}" for k, v in result["ratios"].items()]
+    if "op_ratios" in result:
+        lines += ["", f"{'kernels per step':<26}{'ratio':>8}"]
+        lines += [f"{k:<26}{v:>8.3f}" for k, v in result["op_ratios"].items()]
     tv = result["trace_V"]
     lines += ["", f"trace_V over {tv['samples']} samples / one forward+backward: "
                   f"{tv['trace_V/forward_backward']:.2f}"]
@@ -241,7 +308,10 @@ def main(
     """
     from sam_tutorial.config import check_int
     from sam_tutorial.engine.models import build_model
-    from sam_tutorial.engine.storage import write_json
+    from sam_tutorial.engine.record import write_result_file
+    from sam_tutorial.engine.result_formats import BENCH_FORMAT
+
+    started = time.perf_counter()
 
     dev = torch.device(device) if device else (
         torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
@@ -260,15 +330,19 @@ def main(
     ms = tuple(m for m in (64, 32, 16, 8) if m < batch)
     result = run(net, inputs, targets, model_name=name, ms=ms, rounds=rounds, warmup=warmup)
     print(format_table(result))
-    if json_path:
-        write_json(json_path, result)  # atomic: a killed run never leaves half a file
+    if json_path:  # atomic, with its format tag and provenance: a killed run never leaves half a file
+        command = (f"sam-tutorial bench --device {dev} --model {name} --batch {batch} --rounds {rounds} "
+                   f"--json {json_path}")
+        write_result_file(json_path, BENCH_FORMAT, result, command=command, device=result["device"],
+                          wall_seconds=time.perf_counter() - started)
         print(f"wrote {json_path}")
     return result
 
 
 GOALS: dict[str, float] = {
+    "m-sam-m16-vmap/sam kernels": 2.0,
     "sam/sgd": 2.05,
-    "rw-sam/sam": 1.15,
+    "rw-sam/sam": 1.15,  # below its floor 1 + probe-forward/sam where a forward is > 0.15 of a SAM step
     "m-sam-m16-best/sam (cpu)": 1.3,
     "m-sam-m16-best/sam (cuda)": 1.5,
 }
@@ -278,18 +352,18 @@ GOALS: dict[str, float] = {
 def find_results(folder: str | None = None) -> list[dict[str, Any]]:
     """Recorded benchmark results ``bench-*.json``, sorted by file name.
 
-    Looks in ``folder`` if given, else in :func:`sam_tutorial.engine.recorded.results_folder`.
+    Looks in ``folder`` if given, else in :func:`sam_tutorial.engine.recorded.results_folder`; each file
+    is read (and checked) by :func:`sam_tutorial.engine.recorded.read_result`.
     """
     from pathlib import Path
 
-    from sam_tutorial.engine.recorded import results_folder
-    from sam_tutorial.engine.storage import read_json
+    from sam_tutorial.engine.recorded import read_result, results_folder
 
     try:
         path = Path(folder) if folder is not None else results_folder()
     except FileNotFoundError:
         return []
-    return [read_json(f) for f in sorted(path.glob("bench-*.json"))]
+    return [read_result(f) for f in sorted(path.glob("bench-*.json"))]
 
 
 def best_msam(result: dict[str, Any], m: int = 16) -> tuple[str, float] | None:

@@ -215,13 +215,13 @@ class OpCount(NamedTuple):
     """Operators dispatched during one call (after autograd and ``torch.func`` expanded them)."""
 
     kernels: int
-    """operators that run a kernel: a proxy for GPU kernel launches (a foreach op counts once)."""
+    """Operators that run a kernel, a proxy for GPU kernel launches (a foreach op counts once)."""
 
     dispatched: int
     """every operator, views and metadata included (host-side cost)."""
 
     syncs: int
-    """host synchronisations: ``.item()``, ``bool()`` of a tensor, ``nonzero``, ``equal``."""
+    """Host synchronisations (``.item()``, ``bool()`` of a tensor, ``nonzero``, ``equal``)."""
 
 
 NO_KERNEL_OPS = frozenset({

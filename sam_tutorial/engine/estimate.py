@@ -59,6 +59,8 @@ __all__ = [
 
 TIMING_FORMAT = "sam_tutorial.timing/1"
 BATCH = 128
+"""The batch size at which step times are compared (the paper's)."""
+
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 TRACE_V_FACTOR = 5.0
 """Forward+backward passes per sample that ``trace_V`` costs (measured 4.6 on an H200, ResNet-18)."""
@@ -207,9 +209,9 @@ def read_step_times(path: str | os.PathLike[str]) -> StepTimes:
     Raises:
         ValueError: for a file in none of them (naming the file).
     """
-    from sam_tutorial.engine.storage import read_json
+    from sam_tutorial.engine.recorded import read_result
 
-    data = read_json(path)
+    data = read_result(path)  # the one reader of result files: format, provenance, values checked
     fmt = data.get("format")
     if fmt == TIMING_FORMAT:
         seconds = {m: {_timing_name(k): _at_batch(v["seconds_per_step"], k) for k in _keys(v)}

@@ -3,17 +3,21 @@
 =================== ======== ==================================================================
 experiment          chapter  what it runs
 =================== ======== ==================================================================
-``smoke``           --       SGD, SAM, m-SAM, RW-SAM for a few epochs on MNIST-1D
-``m-sweep``         4        m-SAM at a fixed rho for m = B .. 8 (+ SGD): accuracy, tr V, sharpness
-``escape``          4        from an SGD solution, SGD / n-SAM / SAM / m-SAM: tr V epoch by epoch
-``rw-sam``           5        SGD, SAM, m-SAM, RW-SAM: accuracy, tr V at the solution, time per epoch
-``lambda``          5        RW-SAM over a grid of lambda (lambda = 0 is SAM)
-``label-noise``     5        SGD, SAM, RW-SAM at 20-80 % symmetric label noise
+``smoke``           (CLI)    SGD, SAM, m-SAM, RW-SAM for a few epochs on MNIST-1D
+``m-sweep``         (CLI)    m-SAM at a fixed rho for m = B .. 8 (+ SGD) on the MLP: a null result
+``m-sharpness-cnn`` 4        m-SAM on a rho x m grid, 1-D CNN, 30 % label noise (recorded)
+``escape``          (CLI)    from an SGD solution, SGD / n-SAM / SAM / m-SAM: tr V epoch by epoch
+``rw-compare``      5        SGD, SAM, RW-SAM {uniform, weighted} x {fd, exact score}
+``rw-study-*``      5        the recorded study: ``compare`` (rho-tuned, m-SAM, exact norms),
+                             ``lambda`` (lambda sweep), ``noise`` (20-60 % label noise)
+``controls-*``      4, 5     the CNN's memorising setting: label-noise and escape controls
 ``table1-*``        6        the paper's Table 1: ResNet-18/50, WRN-28-10 x CIFAR-10/100 x SGD/SAM/RW-SAM
 ``table4-noise*``   6        the paper's Table 4: label noise 20/40/60/80 %, ResNet-18, CIFAR-10
 ``table6-*``        6        the paper's Table 6: tr V at the solution, ResNet-18, CIFAR-10
 =================== ======== ==================================================================
 
+The catalogue (:mod:`sam_tutorial.engine.catalog`, one module per part of the book) registers them in
+:data:`EXPERIMENTS` (:mod:`sam_tutorial.engine.catalog.registry`) when this module is imported.
 The chapter experiments use MNIST-1D and the MLP 40-256-256-10 of the CPU-scale probes (SGD with
 momentum 0.9, weight decay 5e-4, cosine learning rate from 0.05, batch 128); ``paper`` mode runs
 them as ``standard`` does. The ``table*`` experiments need CIFAR in the data folder and a GPU:
@@ -37,6 +41,8 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from sam_tutorial import config as cfg
+from sam_tutorial.engine import catalog  # noqa: F401  (importing the catalogue registers every experiment)
+from sam_tutorial.engine.catalog.registry import EXPERIMENTS, get_experiment, list_experiments, register
 from sam_tutorial.engine.distributed import DistContext
 from sam_tutorial.engine.runs import (
     Experiment,
@@ -50,34 +56,6 @@ from sam_tutorial.engine.runs import (
 from sam_tutorial.engine.storage import read_json
 
 __all__ = ["EXPERIMENTS", "get_experiment", "list_experiments", "load_results", "register", "run_experiment"]
-
-
-EXPERIMENTS: dict[str, Experiment] = {}
-"""Every named experiment, by name, in the order :func:`list_experiments` shows them."""
-
-
-def register(exp: Experiment) -> Experiment:
-    """Add an experiment to :data:`EXPERIMENTS` (names are unique)."""
-    if exp.name in EXPERIMENTS:
-        raise ValueError(f"an experiment named {exp.name!r} is already registered")
-    EXPERIMENTS[exp.name] = exp
-    return exp
-
-
-def get_experiment(name: str) -> Experiment:
-    """The experiment called ``name``.
-
-    Raises:
-        ValueError: for an unknown name; the message lists the valid ones.
-    """
-    if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; valid names: {', '.join(EXPERIMENTS)}")
-    return EXPERIMENTS[name]
-
-
-def list_experiments() -> list[tuple[str, str]]:
-    """``(name, description)`` of every experiment."""
-    return [(e.name, e.description) for e in EXPERIMENTS.values()]
 
 
 def _resolve(name: str, mode: str | None, seeds: Iterable[int] | None) -> tuple[Experiment, str, list[int]]:
@@ -183,7 +161,3 @@ def load_results(
                 missing.append((spec.label, seed))
     return ExperimentResult(exp, mode, records, missing)
 
-
-# The catalogue registers itself through `register`; importing it last keeps the import cycle harmless
-# (every name it needs from this module exists by now).
-from sam_tutorial.engine import catalog as _catalog  # noqa: E402,F401

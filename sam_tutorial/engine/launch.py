@@ -17,7 +17,7 @@ again, and the requeued job resumes from the run's own last checkpoint (its ``pr
 shared by the nodes (with POSIX ``flock`` locks, which Lustre and NFSv4 provide).
 
 **One run on several GPUs.** ``gpus_per_run = N`` asks for N tasks with one GPU each; inside the job
-submitit's :class:`~submitit.helpers.TorchDistributedEnvironment` exports the variables torchrun would
+submitit's ``submitit.helpers.TorchDistributedEnvironment`` exports the variables torchrun would
 set, and the run trains under DDP exactly as under ``torchrun --nproc_per_node N`` (its cache key
 records the world size; the perturbation scope is the configuration's).
 

@@ -150,6 +150,13 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for x, y, _ in self.with_indices():
+            yield x, y
+
+    def with_indices(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """One epoch of ``(inputs, targets, indices)``: ``indices`` (on ``device``) are the batch's rows of
+        the data set, so per-sample facts (e.g. which labels label noise corrupted) travel with the batch.
+        Draws from the generator exactly as iterating the loader does."""
         n = len(self.inputs)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         order = order.to(self.device)
@@ -161,7 +168,7 @@ class BatchLoader:
                 offsets = torch.randint(0, 2 * self.padding + 1, (b, 2), generator=self.generator)
                 flips = torch.randint(0, 2, (b,), generator=self.generator).bool()
                 x = _crop_flip(x, offsets, flips, self.padding, self.fill)
-            yield x, y
+            yield x, y, idx
 
     def state_dict(self) -> dict[str, Any]:
         """The generator's state (take it between epochs)."""

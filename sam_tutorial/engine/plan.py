@@ -42,7 +42,7 @@ class PlannedRun:
     Attributes:
         label: the run's label.
         seed: the seed.
-        status: one of :data:`STATUSES`.
+        status: one of ``STATUSES`` (cached, recorded, resumes, to run).
         done_epochs: epochs in its checkpoint (``resumes``), else 0.
         epochs: the run's epochs.
         hours: device-hours of the whole run from scratch (``None`` without step times).
@@ -61,8 +61,8 @@ class PlannedRun:
 
     @property
     def hours_left(self) -> float | None:
-        """Device-hours still needed: 0 when ``cached`` or ``recorded``, the epochs not yet in the
-        checkpoint when ``resumes``."""
+        """Device-hours still needed (0 when ``cached`` or ``recorded``, the epochs not yet in the
+        checkpoint when ``resumes``)."""
         if self.status in ("cached", "recorded"):
             return 0.0
         return None if self.hours is None else self.hours * (self.epochs - self.done_epochs) / self.epochs

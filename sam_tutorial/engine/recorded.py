@@ -4,8 +4,15 @@ The repository's ``sam_tutorial/results/`` ships with the package (package data)
 finds them from any folder; a ``results/`` folder in the working directory (or its parent) overrides it
 (:func:`results_folder`, :func:`find_result`).
 
-A recorded file holds what one run of the CLI produced, without the weights or the per-epoch history,
-and where it comes from::
+This module is the one reader of every file under ``results/`` (recorded catalogue runs, benchmarks,
+timings; their formats: :mod:`sam_tutorial.engine.result_formats`): :func:`read_result` returns a file's
+content after checking its format tag, its provenance (:mod:`sam_tutorial.engine.provenance`), its values
+(types, finite numbers, accuracies as fractions in [0, 1], one record per run and seed) and, for recorded
+catalogue runs, that it still describes the catalogue. :mod:`sam_tutorial.engine.record` writes them
+(:func:`~sam_tutorial.engine.record.write_result_file`, which the benchmark and the timing tool call too).
+
+A recorded file holds what one run of the CLI produced, without the weights (and of the per-epoch history
+only the step metrics, ``history``), and where it comes from::
 
     {"format": "sam_tutorial.recorded/1", "experiment": "table1-resnet18-cifar10", "mode": "paper",
      "provenance": {"command": ..., "commit": ..., "package": {"sam_tutorial": ..., "torch": ...},
@@ -16,53 +23,53 @@ and where it comes from::
 ``config_hash`` is the cache key of :func:`sam_tutorial.engine.runs.run_hash` for that (run, seed) and
 number of processes. :func:`load_recorded` recomputes it from the catalogue *as it is now*: a file whose
 hashes all match is loaded; a file with a stale hash (the experiment's configuration changed since it was
-recorded), an unknown experiment or run, or another format is ignored, with the reason.
+recorded), an unknown experiment or run, or invalid content is skipped, named in a warning, with the
+reason, while the other files load. Benchmarks and timings have no catalogue entry to be stale against:
+their check is their format and provenance.
 
 Write one from finished runs (the cached results of ``python -m sam_tutorial run NAME``)::
 
-    python -m sam_tutorial.engine.recorded table1-resnet18-cifar10 --mode paper --out runs \\
+    python -m sam_tutorial.engine.record table1-resnet18-cifar10 --mode paper --out runs \\
         --to sam_tutorial/results/table1-resnet18-cifar10-paper.json \\
         --command "python -m sam_tutorial run ..."
 
->>> rec = {"label": "sgd", "seed": 0, "config_hash": expected_hash("smoke", "quick", "sgd", 0)}
->>> check_recorded({"format": RECORDED_FORMAT, "experiment": "smoke", "mode": "quick", "records": [rec]})
->>> check_recorded({"format": RECORDED_FORMAT, "experiment": "smoke", "mode": "quick",
-...                 "records": [{**rec, "config_hash": "000000000000"}]})[:39]
+>>> prov = {"command": "c", "commit": "x", "package": {"sam_tutorial": "0.1.0", "torch": "2"},
+...         "device": "cpu", "date": "2026-12-01", "wall_seconds": 1.0}
+>>> rec = {"label": "sgd", "seed": 0, "config_hash": expected_hash("smoke", "quick", "sgd", 0),
+...        "metrics": {"test_acc": 0.5}}
+>>> data = {"format": RECORDED_FORMAT, "experiment": "smoke", "mode": "quick", "provenance": prov}
+>>> check_recorded({**data, "records": [rec]})
+>>> check_recorded({**data, "records": [{**rec, "config_hash": "000000000000"}]})[:39]
 "run ('sgd', seed 0) was recorded for co"
+>>> check_recorded({**data, "records": [{**rec, "metrics": {"test_acc": 50.0}}]})[:60]
+'invalid: records[0].metrics.test_acc: 50.0 is an accuracy ou'
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
-import subprocess
-import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sam_tutorial.engine.result_formats import RECORDED_FORMAT, problems
+
 __all__ = [
-    "find_result",
-    "packaged_results",
-    "results_folder",
     "RECORDED_FORMAT",
     "LoadedResults",
     "RecordedFile",
     "check_recorded",
     "expected_hash",
-    "git_commit",
+    "find_result",
     "load_recorded",
-    "main",
-    "records_from_results",
-    "write_recorded",
+    "packaged_results",
+    "read_result",
+    "results_folder",
+    "stale_reason",
+    "summarise",
 ]
-
-RECORDED_FORMAT = "sam_tutorial.recorded/1"
-
-PROVENANCE_KEYS = ("command", "commit", "package", "device", "date", "wall_seconds")
-"""What every recorded file's ``provenance`` holds."""
 
 
 def expected_hash(experiment: str, mode: str, label: str, seed: int, world_size: int = 1) -> str:
@@ -103,13 +110,21 @@ def _world_size(record: Mapping[str, Any]) -> int:
 
 
 def check_recorded(data: Mapping[str, Any]) -> str | None:
-    """Why a recorded file cannot be used now (``None`` if it can): another format, no records, an
-    experiment or run the catalogue does not have, or a configuration hash that no longer matches."""
-    if data.get("format") != RECORDED_FORMAT:
-        return f"not a recorded result (format {data.get('format')!r}, expected {RECORDED_FORMAT!r})"
-    records = data.get("records")
-    if not isinstance(records, list) or not records:
-        return "it holds no records"
+    """Why a recorded file cannot be used now (``None`` if it can): another format, invalid content (see
+    :func:`sam_tutorial.engine.result_formats.problems`), an experiment or run the catalogue does not
+    have, or a configuration hash that no longer matches."""
+    if not isinstance(data, Mapping) or data.get("format") != RECORDED_FORMAT:
+        found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+        return f"not a recorded result (format {found!r}, expected {RECORDED_FORMAT!r})"
+    bad = problems(data)
+    if bad:
+        return "invalid: " + "; ".join(bad[:5]) + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else "")
+    return stale_reason(data)
+
+
+def stale_reason(data: Mapping[str, Any]) -> str | None:
+    """Why a valid recorded file no longer describes the catalogue (``None``: it does)."""
+    records = data["records"]
     experiment, mode = data.get("experiment"), data.get("mode")
     try:
         hasher = _hasher(str(experiment), str(mode))
@@ -155,6 +170,19 @@ class RecordedFile:
     def provenance(self) -> dict[str, Any]:
         return dict(self.data.get("provenance", {}))
 
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat dict per record: ``label``, ``seed``, the tags, the final metrics, ``seconds_per_epoch``
+        and ``history`` (the per-epoch series, ``{}`` if none were recorded)."""
+        return [{"label": r["label"], "seed": r["seed"], **r.get("tags", {}), **r["metrics"],
+                 "seconds_per_epoch": r.get("seconds_per_epoch"), "history": r.get("history", {})}
+                for r in self.records]
+
+    def summary(self, group: Sequence[str] = ("label",), keys: Sequence[str] = ("test_acc",),
+                derived: Mapping[str, Callable[[dict[str, Any]], float]] | None = None
+                ) -> list[dict[str, Any]]:
+        """:func:`summarise` of :meth:`rows`."""
+        return summarise(self.rows(), group, keys, derived)
+
     def values(self, label: str, metric: str) -> list[float]:
         """``metric`` of run ``label``, one value per seed (records without it are left out)."""
         return [
@@ -162,6 +190,34 @@ class RecordedFile:
             for r in self.records
             if r["label"] == label and r.get("metrics", {}).get(metric) is not None
         ]
+
+
+def summarise(rows: Iterable[Mapping[str, Any]], group: Sequence[str] = ("label",),
+              keys: Sequence[str] = ("test_acc",),
+              derived: Mapping[str, Callable[[dict[str, Any]], float]] | None = None) -> list[dict[str, Any]]:
+    """One entry per distinct value of the ``group`` fields of ``rows`` (in order of appearance): those
+    fields, ``n`` (the rows, i.e. seeds) and ``(mean, sample std)`` over them
+    (:func:`sam_tutorial.stats.mean_std`) of each key that every row of the group has; ``derived`` adds
+    keys computed from a row (e.g. ``{"gap": lambda r: r["train_acc"] - r["test_acc"]}``).
+
+    >>> summarise([{"label": "a", "x": 1.0}, {"label": "a", "x": 3.0}], keys=("x",))
+    [{'label': 'a', 'n': 2, 'x': (2.0, 1.4142135623730951)}]
+    """
+    from sam_tutorial.stats import mean_std
+
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        full = dict(row)
+        full.update((k, fn(full)) for k, fn in (derived or {}).items())
+        groups.setdefault(tuple(full.get(g) for g in group), []).append(full)
+    out = []
+    for value, members in groups.items():
+        entry: dict[str, Any] = {**dict(zip(group, value)), "n": len(members)}
+        for key in keys:
+            if all(m.get(key) is not None for m in members):
+                entry[key] = mean_std(float(m[key]) for m in members)
+        out.append(entry)
+    return out
 
 
 @dataclass
@@ -194,12 +250,13 @@ def load_recorded(
 
     Args:
         paths: a folder, a file, or several files.
-        include_other_formats: also list files of another format (bench results, chapter studies) among
-            the ignored ones (default: skip them silently; they are not recorded results).
+        include_other_formats: also list files of another format (benchmarks, timings) among the ignored
+            ones (default: skip them silently; they are not recorded runs).
 
     Returns:
         :class:`LoadedResults`: the files whose every record's configuration hash equals the catalogue's
-        current one, and the others with the reason each was ignored.
+        current one, and the others with the reason each was ignored (each also named in a
+        ``UserWarning``, unless it is merely of another format).
     """
     from sam_tutorial.engine.storage import read_json
 
@@ -210,17 +267,55 @@ def load_recorded(
         files = [Path(p) for p in paths]
     out = LoadedResults()
     for path in files:
+        data: Any = None
         try:
             data = read_json(path)
         except (OSError, ValueError) as err:
-            out.ignored.append((path, f"unreadable ({err})"))
-            continue
-        reason = check_recorded(data)
+            reason: str | None = f"unreadable ({err})"
+        else:
+            reason = check_recorded(data)
         if reason is None:
             out.loaded.append(RecordedFile(path, data))
-        elif data.get("format") == RECORDED_FORMAT or include_other_formats:
+            continue
+        ours = data is None or not isinstance(data, Mapping) or data.get("format") == RECORDED_FORMAT
+        if ours:
+            warnings.warn(f"skipped the recorded result {path}: {reason}", UserWarning, stacklevel=2)
+        if ours or include_other_formats:
             out.ignored.append((path, reason))
     return out
+
+
+def read_result(name: str | os.PathLike[str], *, allow_stale: bool = False) -> dict[str, Any]:
+    """The content of one result file after every check: a name under ``results/`` (``"bench-cpu.json"``,
+    found by :func:`find_result`) or a path; any format of :mod:`sam_tutorial.engine.result_formats`.
+
+    Args:
+        name: a file name inside the results folder, or a path (anything with a folder in it).
+        allow_stale: return a recorded file even if the catalogue's configuration changed since.
+
+    Raises:
+        FileNotFoundError: if there is no such file.
+        ValueError: for a name that leaves the results folder or is empty.
+        sam_tutorial.engine.storage.ResultFileError: naming the file and what is wrong with it (unreadable,
+            an unknown format, invalid content, or stale).
+    """
+    from sam_tutorial.engine.storage import ResultFileError, read_json
+
+    path = Path(name) if isinstance(name, os.PathLike) or os.sep in str(name) else find_result(str(name))
+    try:
+        data = read_json(path)
+    except ValueError as err:
+        raise ResultFileError(f"the result file {path} is unreadable: {err}") from err
+    bad = problems(data)
+    if bad:
+        raise ResultFileError(f"the result file {path} is invalid: {'; '.join(bad)}; re-record it with the "
+                              "command in its provenance")
+    if data["format"] == RECORDED_FORMAT and not allow_stale:
+        reason = stale_reason(data)
+        if reason is not None:
+            raise ResultFileError(f"the recorded result {path} is stale: {reason}")
+    result: dict[str, Any] = data
+    return result
 
 
 def packaged_results() -> Path:
@@ -258,158 +353,16 @@ def find_result(name: str) -> Path:
     local ``results/`` overrides the packaged one of that name only).
 
     Raises:
+        ValueError: if ``name`` is not a plain file name (empty, a folder, ``..``, a path that would leave
+            the results folder).
         FileNotFoundError: if none has it.
     """
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or Path(name).name != name \
+            or "/" in name or "\\" in name:
+        raise ValueError(f"name must be the name of a file inside the results folder, such as "
+                         f"'bench-cpu.json'; got {name!r}")
     for folder in _folders():
         if (folder / name).exists():
             return folder / name
     raise FileNotFoundError(f"results/{name} not found (looked in results/ of the working directory, of its "
                             f"parent, and in the package: {packaged_results()})")
-
-
-def git_commit(folder: str | os.PathLike[str] | None = None) -> str:
-    """The short commit of the repository holding ``folder`` (default: the package's), with ``+dirty``
-    when tracked files differ from it; ``"unknown"`` outside a git checkout."""
-    where = Path(folder) if folder is not None else Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, check=True,
-                              timeout=10)
-        return done.stdout.strip()
-
-    try:
-        head = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
-def records_from_results(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The recorded form of result records (what :func:`sam_tutorial.engine.runs.run_one` returns):
-    label, seed, configuration hash, tags, final metrics, seconds per epoch, number of processes."""
-    out = []
-    for r in records:
-        rec = {
-            "label": r["label"],
-            "seed": r["seed"],
-            "config_hash": r["config_hash"],
-            "tags": dict(r.get("tags", {})),
-            "metrics": dict(r["metrics"]),
-            "seconds_per_epoch": r.get("timing", {}).get("seconds_per_epoch"),
-        }
-        if "distributed" in r.get("config", {}):
-            rec["distributed"] = dict(r["config"]["distributed"])
-        out.append(rec)
-    return out
-
-
-def write_recorded(
-    path: str | os.PathLike[str],
-    experiment: str,
-    mode: str,
-    records: Sequence[Mapping[str, Any]],
-    *,
-    command: str,
-    device: str,
-    wall_seconds: float,
-    notes: str = "",
-    commit: str | None = None,
-) -> dict[str, Any]:
-    """Write a recorded file (atomically) and return its content.
-
-    Args:
-        path: the JSON file (by convention ``results/<experiment>-<mode>.json``).
-        experiment, mode: the catalogue experiment the records claim to be.
-        records: recorded records (see :func:`records_from_results`), each with ``label``, ``seed``,
-            ``config_hash`` and ``metrics``.
-        command: the command that produced them.
-        device: where they ran (e.g. ``"cuda: NVIDIA H100"``).
-        wall_seconds: the wall time of the runs.
-        notes: anything a reader should know.
-        commit: the package's git commit (default: :func:`git_commit`).
-
-    Raises:
-        ValueError: if a record does not match the catalogue now (see :func:`check_recorded`); nothing is
-            written then.
-    """
-    from sam_tutorial.engine.runs import versions
-    from sam_tutorial.engine.storage import write_json
-
-    data: dict[str, Any] = {
-        "format": RECORDED_FORMAT,
-        "experiment": experiment,
-        "mode": mode,
-        "provenance": {
-            "command": command,
-            "commit": commit if commit is not None else git_commit(),
-            "package": versions(),
-            "device": device,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "wall_seconds": float(wall_seconds),
-            "notes": notes,
-        },
-        "records": [dict(r) for r in records],
-    }
-    reason = check_recorded(data)
-    if reason is not None:
-        raise ValueError(f"not written: {reason}")
-    write_json(path, data)
-    return data
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sam_tutorial.engine.recorded NAME --mode MODE [--out runs] --to FILE``: record the
-    cached results of an experiment (every run and seed must be finished)."""
-    from sam_tutorial import config
-    from sam_tutorial.engine.experiments import load_results
-
-    parser = argparse.ArgumentParser(prog="python -m sam_tutorial.engine.recorded", description=main.__doc__)
-    parser.add_argument("name", help="experiment name")
-    parser.add_argument("--mode", choices=config.MODES, default="paper")
-    parser.add_argument(
-        "--out", default=None, help="the runs folder of `run` (default: $SAM_TUTORIAL_RUNS or ./runs)"
-    )
-    parser.add_argument(
-        "--world-size", type=int, default=1, help="processes of the torchrun that trained them"
-    )
-    parser.add_argument(
-        "--to", required=True, help="the recorded file to write, e.g. results/NAME-paper.json"
-    )
-    parser.add_argument(
-        "--command", default=None, help="the command that trained them (default: the run command)"
-    )
-    parser.add_argument("--notes", default="")
-    args = parser.parse_args(argv)
-    try:
-        result = load_results(args.name, mode=args.mode, out=args.out, world_size=args.world_size)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if result.missing or not result.records:
-        todo = ", ".join(f"{label} (seed {seed})" for label, seed in result.missing)
-        print(
-            f"error: not every run is finished ({todo or 'no results'}); run `python -m sam_tutorial run "
-            f"{args.name} --mode {args.mode}` first",
-            file=sys.stderr,
-        )
-        return 1
-    devices = sorted({str(r.get("provenance", {}).get("device", "?")) for r in result.records})
-    wall = sum(float(r["timing"].get("seconds_this_call") or 0.0) for r in result.records)
-    command = args.command or f"python -m sam_tutorial run {args.name} --mode {args.mode}"
-    write_recorded(
-        args.to,
-        args.name,
-        args.mode,
-        records_from_results(result.records),
-        command=command,
-        device=", ".join(devices),
-        wall_seconds=wall,
-        notes=args.notes,
-    )
-    print(f"wrote {args.to}: {len(result.records)} runs of {args.name} ({args.mode} mode)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,7 +24,6 @@ its ``config``, and the hash covers it, so it never shares a cache entry with a 
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,6 +39,7 @@ from sam_tutorial import config as cfg
 from sam_tutorial.engine.data import load_dataset
 from sam_tutorial.engine.distributed import DistContext
 from sam_tutorial.engine.models import build_model
+from sam_tutorial.engine.provenance import versions
 from sam_tutorial.engine.storage import (
     ResultFileError,
     config_hash,
@@ -142,8 +142,10 @@ class Experiment:
         description: one line.
         build: ``build(mode) -> runs`` for ``mode`` in ``quick``, ``standard``, ``paper``.
         seeds: the seeds per mode.
-        chapter: where the book uses it (``""`` for paper-only configurations).
+        chapter: the book chapter (notebook name without ``.ipynb``) it belongs to (``""``: none).
         notes: what the configuration assumes (UNCONFIRMED hyper-parameters are named here).
+        cli_only: why no chapter runs or loads it (``""``: a chapter does; a test holds the chapter's
+            notebook to naming it).
     """
 
     name: str
@@ -152,6 +154,7 @@ class Experiment:
     seeds: Mapping[str, tuple[int, ...]]
     chapter: str = ""
     notes: str = ""
+    cli_only: str = ""
 
     def runs(self, mode: str) -> list[RunSpec]:
         """The runs of ``mode``, checked: unique labels, ``init_from`` naming an earlier run.
@@ -213,16 +216,6 @@ def run_hash(
 def run_path(out: Path, exp: Experiment, mode: str, spec: RunSpec, seed: int, digest: str) -> Path:
     """The result file of one (run, seed); the checkpoint and lock share its stem."""
     return out / exp.name / mode / f"{spec.label}-seed{seed}-{digest}.json"
-
-
-def versions() -> dict[str, str]:
-    """Versions of the software that produced a result."""
-    from sam_tutorial import __version__
-
-    return {
-        "sam_tutorial": __version__, "torch": torch.__version__, "numpy": np.__version__,
-        "python": platform.python_version(), "platform": platform.platform(),
-    }
 
 
 def run_one(

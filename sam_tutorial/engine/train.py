@@ -8,16 +8,19 @@
     for each epoch:
         for each batch (device-resident loader; crop+flip for images if config.augment):
             stats = opt.step(x, y, per-sample cross-entropy)   # SGD is SAM with rho = 0
+            step metrics summed on the device (||e||, RW-SAM's 1/sum p_i^2, weight on mislabelled samples)
             lr scheduler step (cosine over all steps, optional linear warm-up)
         evaluate: test loss/accuracy; train accuracy (eval mode) if config.eval_train
         metrics (tr V, sharpness, user hooks) at config.metric_epochs
         one host synchronisation; append to the history; atomic checkpoint
 
-Step losses stay device tensors until the end of the epoch, so the GPU never waits for the host
-inside an epoch. The checkpoint holds the model, the optimizer (including RW-SAM's probe generator),
-the scheduler, the loader's generator, the global torch/NumPy/Python generators and the history; a
-run killed at any point and started again with the same arguments continues from the last finished
-epoch and ends with the same weights and history as an uninterrupted run (on the CPU, bit for bit).
+Step losses and step metrics stay device tensors until the end of the epoch, so the GPU never waits
+for the host inside an epoch; ``history["step"]`` holds each step metric's mean over every epoch's steps
+(:data:`STEP_METRICS` are built in; ``step_metrics=`` adds hooks ``fn(stats, indices) -> 0-d tensor``).
+The checkpoint holds the model, the optimizer (including RW-SAM's probe generator), the scheduler, the
+loader's generator, the global torch/NumPy/Python generators and the history; a run killed at any point and
+started again with the same arguments continues from the last finished epoch and ends with the same weights
+and history as an uninterrupted run (on the CPU, bit for bit).
 
 >>> import torch
 >>> from sam_tutorial.engine.data import Dataset
@@ -35,7 +38,7 @@ epoch and ends with the same weights and history as an uninterrupted run (on the
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -56,9 +59,61 @@ from sam_tutorial.engine.storage import (
     save_checkpoint,
 )
 from sam_tutorial.engine.train_config import Metric, TrainConfig, _Cosine, cross_entropy, make_optimizer
-from sam_tutorial.optim import PerturbedOptimizer
+from sam_tutorial.optim import PerturbedOptimizer, StepStats
 
-__all__ = ["FitResult", "builtin_metrics", "evaluate", "fit", "split_validation"]
+__all__ = [
+    "STEP_METRICS", "FitResult", "StepMetric", "builtin_metrics", "evaluate", "fit", "split_validation",
+    "step_values",
+]
+
+
+STEP_METRICS: dict[str, str] = {
+    "perturbation_norm": "||e||, the length of the step's perturbation (0 for SGD; m-SAM: mean over "
+                         "micro-batches)",
+    "effective_batch": "1 / sum_i p_i^2 of the weights the perturbation puts on the batch's samples "
+                       "(RW-SAM's Gibbs weights, book chapter 5; only for optimizers that report weights)",
+    "mislabelled_weight": "sum of those weights over the batch's mislabelled samples (with label noise, "
+                          "for optimizers that report weights)",
+    "mislabelled_share": "the share of the batch's samples whose label noise corrupted (with label noise)",
+}
+"""The built-in step metrics of :func:`fit`: name -> meaning. Each is averaged over the steps of an epoch
+into ``history["step"][name]``; a metric that does not apply to the run is absent."""
+
+
+StepMetric = Callable[[StepStats, Tensor], Tensor]
+"""A per-step hook ``fn(stats, indices) -> 0-d tensor``: the step's
+:class:`~sam_tutorial.optim.base.StepStats` and the batch's rows of the training set (this rank's rows
+under ``ctx``). It must not synchronise with the host (no ``.item()``, no boolean indexing)."""
+
+
+def step_values(stats: StepStats, indices: Tensor, mislabelled: Tensor | None = None) -> dict[str, Tensor]:
+    """The built-in :data:`STEP_METRICS` of one step, as 0-d device tensors (no host synchronisation).
+
+    Args:
+        stats: what the optimizer's step returned.
+        indices: the batch's rows of the training set.
+        mislabelled: float ``[N]`` mask of the training samples whose label was corrupted (``None``:
+            no label noise).
+
+    >>> from sam_tutorial.optim import StepStats
+    >>> z = torch.zeros(())
+    >>> p = torch.tensor([0.5, 0.25, 0.25])
+    >>> mask = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    >>> out = step_values(StepStats(z, z, z, z, z, p), torch.tensor([0, 2, 3]), mask)
+    >>> {k: round(float(v), 4) for k, v in out.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'perturbation_norm': 0.0, 'effective_batch': 2.6667, 'mislabelled_weight': 0.75,
+     'mislabelled_share': 0.6667}
+    """
+    out = {"perturbation_norm": stats.perturbation_norm.detach().float()}
+    weights = stats.weights
+    if weights is not None:
+        w = weights.detach().float()
+        out["effective_batch"] = 1.0 / w.square().sum()
+        if mislabelled is not None:
+            out["mislabelled_weight"] = (w * mislabelled[indices]).sum()
+    if mislabelled is not None:
+        out["mislabelled_share"] = mislabelled[indices].mean()
+    return out
 
 
 @dataclass
@@ -67,10 +122,11 @@ class FitResult:
 
     Attributes:
         history: per-epoch lists (``epoch``, ``lr``, ``train_loss``, ``train_acc``, ``test_loss``,
-            ``test_acc``, ``skipped``, ``seconds``; ``train_acc_clean`` with label noise) and
-            ``metrics``: ``{"epoch": [...], name: [...]}`` for the metrics.
-        final: the last epoch's losses and accuracies, the last value of every metric, and the number
-            of skipped (non-finite) steps over the whole run.
+            ``test_acc``, ``skipped``, ``seconds``; ``train_acc_clean`` with label noise),
+            ``metrics``: ``{"epoch": [...], name: [...]}`` for the metrics, and ``step``:
+            ``{name: [...]}``, each step metric's mean over the steps of every epoch.
+        final: the last epoch's losses and accuracies, the last value of every metric and step metric,
+            and the number of skipped (non-finite) steps over the whole run.
         resumed_from: epochs already done in the checkpoint this call started from (0: fresh).
         model: the trained model.
         optimizer: the optimizer (its state is the end-of-training state).
@@ -146,7 +202,7 @@ def split_validation(data: Dataset, fraction: float) -> tuple[Dataset, tuple[Ten
 def builtin_metrics(config: TrainConfig, data: Dataset, device: torch.device) -> dict[str, Metric]:
     """Hooks for ``config.metrics`` on the first ``config.metric_samples`` training samples.
 
-    ``sam_tutorial.sgn.variance`` and ``sam_tutorial.curvature.sharpness`` are imported only when asked for.
+    ``sam_tutorial.sgn.variance`` and ``sam_tutorial.curvature`` are imported only when asked for.
     """
     x = data.train[0][: config.metric_samples].to(device)
     y = data.train[1][: config.metric_samples].to(device)
@@ -159,6 +215,10 @@ def builtin_metrics(config: TrainConfig, data: Dataset, device: torch.device) ->
         from sam_tutorial.curvature.sharpness import sam_sharpness
 
         hooks["sharpness"] = lambda model: sam_sharpness(model, cross_entropy, x, y, rho=config.sharpness_rho)
+    if "trace_H" in config.metrics:
+        from sam_tutorial.curvature.hutchinson import hessian_trace
+
+        hooks["trace_H"] = lambda model: hessian_trace(model, cross_entropy, x, y, n_probes=32)
     return hooks
 
 
@@ -176,6 +236,7 @@ def fit(
     metrics: Mapping[str, Metric] | None = None,
     init_state: Mapping[str, Tensor] | None = None,
     ctx: DistContext | None = None,
+    step_metrics: Mapping[str, StepMetric] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data`` as ``config`` says; resume from ``checkpoint`` if it exists.
 
@@ -193,6 +254,9 @@ def fit(
         desc: the progress bar's label.
         metrics: extra hooks ``name -> fn(model) -> 0-d tensor``, evaluated with the built-in ones.
         init_state: a ``state_dict`` loaded into the model before a fresh start (not on resume).
+        step_metrics: extra per-step hooks ``name -> fn(stats, indices) -> 0-d tensor``
+            (:data:`StepMetric`), averaged per epoch into ``history["step"]`` beside the built-in
+            :data:`STEP_METRICS`.
         ctx: this process's place among several (:func:`sam_tutorial.engine.distributed.init_from_env`
             under torchrun, with the process group initialised). With ``world_size > 1`` the model is
             wrapped in ``DistributedDataParallel`` and the optimizer gets ``config.scope``; every rank
@@ -206,7 +270,8 @@ def fit(
         A :class:`FitResult` (``model`` is the plain module, not its DDP wrapper).
 
     Raises:
-        ValueError: if the batch size exceeds the training set, or a metric name is taken twice; under
+        ValueError: if the batch size exceeds the training set, or a metric or step metric name is taken
+            twice; under
             ``ctx``, if the batch size is not a multiple of the world size (or, for ``m-sam``, the
             per-rank batch is not a multiple of ``m``).
         sam_tutorial.engine.storage.CheckpointError: if ``checkpoint`` is corrupted or belongs to another run.
@@ -226,6 +291,10 @@ def fit(
         if name in hooks:
             raise ValueError(f"metric {name!r} is defined twice (built-in and in metrics=)")
         hooks[name] = fn
+    step_hooks = dict(step_metrics or {})
+    taken = sorted(set(step_hooks) & set(STEP_METRICS))
+    if taken:
+        raise ValueError(f"step metrics {taken} are built in (STEP_METRICS); give your hooks other names")
     if fingerprint is None:
         fingerprint = config_hash({
             "config": config.to_dict(), "seed": seed, "data": [data.name, data.info.get("n_train"),
@@ -233,7 +302,7 @@ def fit(
             "metrics": sorted(hooks),
             **({"world_size": ctx.world_size, "scope": config.scope} if ctx is not None else {}),
         })
-    loop = _Loop(model, data, config, seed, device, hooks, ctx, val)
+    loop = _Loop(model, data, config, seed, device, hooks, ctx, val, step_hooks)
     start = loop.resume(checkpoint, fingerprint, init_state)
     bar = tqdm(total=config.epochs * loop.steps, initial=start * loop.steps, desc=desc,
                disable=not (progress and main), leave=False, dynamic_ncols=True)
@@ -306,9 +375,11 @@ class _Loop:
     """The state of one run of :func:`fit`: loader, optimizer, schedule, history; one method per phase."""
 
     def __init__(self, model: nn.Module, data: Dataset, config: TrainConfig, seed: int, device: torch.device,
-                 hooks: dict[str, Metric], ctx: DistContext | None, val: tuple[Tensor, ...] = ()) -> None:
+                 hooks: dict[str, Metric], ctx: DistContext | None, val: tuple[Tensor, ...] = (),
+                 step_hooks: Mapping[str, StepMetric] | None = None) -> None:
         self.net = model  # the plain module: evaluated, checkpointed and returned
         self.config, self.hooks, self.ctx, self.device = config, hooks, ctx, device
+        self.step_hooks = dict(step_hooks or {})
         self.metric_epochs = set(config.metric_epochs) or ({config.epochs} if hooks else set())
         self.loader = BatchLoader(*data.train, config.batch_size, augment=config.augment,
                                   fill=data.pad_fill if data.pad_fill is not None else 0.0, device=device,
@@ -324,6 +395,8 @@ class _Loop:
             "test_loss", "test_acc", *(["val_loss", "val_acc"] if val else []),
             *(["val_acc_clean"] if len(val) > 2 else []), "skipped", "seconds")}
         self.history["metrics"] = {"epoch": [], **{name: [] for name in hooks}}
+        self.history["step"] = {}
+        self.mislabelled = data.noisy.to(device).float() if noisy else None
         self.test_x, self.test_y = data.test[0].to(device), data.test[1].to(device)
         self.val = tuple(t.to(device) for t in val)
         self.train_targets: tuple[Tensor, ...] = (self.loader.targets,)
@@ -346,6 +419,7 @@ class _Loop:
             self.loader.load_state_dict(state["loader"])
             set_rng_state(state["rng"])
             self.history = state["history"]
+            self.history.setdefault("step", {})  # a checkpoint from before step metrics
             return int(state["epoch"])
         if init_state is not None:
             check_model_state(self.net, init_state, "init_state")
@@ -368,31 +442,45 @@ class _Loop:
             for name, v in zip(self.hooks, values):
                 self.history["metrics"][name].append(v)
 
-    def _train_epoch(self, bar: Any) -> dict[str, Tensor]:
-        """One pass over the loader; the step losses stay on the device."""
+    def _train_epoch(self, bar: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """One pass over the loader; the step losses and step metrics are summed on the device.
+
+        Returns:
+            ``{"train_loss", "skipped"}`` and each step metric's mean over the epoch's steps.
+        """
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         skipped = torch.zeros((), device=self.device)
-        for x, y in self.loader:
+        sums: dict[str, Tensor] = {}
+        for x, y, idx in self.loader.with_indices():
             if self.ctx is not None:
-                x, y = shard((x, y), self.ctx)
+                x, y, idx = shard((x, y, idx), self.ctx)
             stats = self.opt.step(x, y, cross_entropy)
             loss_sum += stats.loss.detach().float()
             skipped += stats.skipped.float()
+            values = step_values(stats, idx, self.mislabelled)
+            values.update((name, fn(stats, idx)) for name, fn in self.step_hooks.items())
+            for name, v in values.items():
+                v = v.detach().reshape(()).float()
+                sums[name] = sums[name] + v if name in sums else v.clone()
             self.sched.step()
             bar.update(1)
-        if self.ctx is not None:  # the mean loss over the global batches
+        step = {name: v / self.steps for name, v in sums.items()}
+        if self.ctx is not None:  # the mean loss (and step metrics) over the global batches and ranks
             torch.distributed.all_reduce(loss_sum)
             loss_sum /= self.ctx.world_size
+            for v in step.values():
+                torch.distributed.all_reduce(v)
+                v /= self.ctx.world_size
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return {"train_loss": loss_sum / self.steps, "skipped": skipped}
+        return {"train_loss": loss_sum / self.steps, "skipped": skipped}, step
 
     def epoch(self, epoch: int, bar: Any) -> dict[str, Any]:
         """Train one epoch, evaluate, take the metrics; one host synchronisation; append to the history."""
         t0 = time.perf_counter()
         lr = self.opt.base.param_groups[0]["lr"]  # base: its list is replaced by load_state_dict
-        tracked = self._train_epoch(bar)
+        tracked, step = self._train_epoch(bar)
         seconds = time.perf_counter() - t0
         bs = self.config.eval_batch_size
         test_loss, test_acc = evaluate(self.net, self.test_x, self.test_y, batch_size=bs)
@@ -404,13 +492,16 @@ class _Loop:
             accs = evaluate(self.net, self.loader.inputs, self.train_targets, bs)[1:]
             tracked.update(zip(("train_acc", "train_acc_clean"), accs))
         extra = self._run_metrics(epoch)
-        values = torch.stack([t.reshape(()).float() for t in [*tracked.values(), *extra]]).tolist()
+        tensors = [*tracked.values(), *step.values(), *extra]
+        values = torch.stack([t.reshape(()).float() for t in tensors]).tolist()
         row: dict[str, Any] = dict(zip(tracked, values))  # the one host synchronisation of the epoch
         row.update(epoch=epoch, lr=lr, seconds=seconds, skipped=int(row["skipped"]))
         for key in self.history:
-            if key != "metrics":
+            if key not in ("metrics", "step"):
                 self.history[key].append(row.get(key))
-        self._record_metrics(epoch, values[len(tracked):])
+        for name, v in zip(step, values[len(tracked) : len(tracked) + len(step)]):
+            self.history["step"].setdefault(name, []).append(v)
+        self._record_metrics(epoch, values[len(tracked) + len(step):])
         return row
 
     def save(self, checkpoint: str | Path, fingerprint: str, epoch: int) -> None:
@@ -424,8 +515,11 @@ class _Loop:
         """The last epoch's values, the last value of every metric, the skipped steps of the run."""
         final: dict[str, float | None] = {
             k: v[-1] for k, v in self.history.items()
-            if k not in ("metrics", "epoch", "lr", "seconds", "skipped") and v
+            if k not in ("metrics", "step", "epoch", "lr", "seconds", "skipped") and v
         }
+        for name, series in self.history.get("step", {}).items():
+            if series:
+                final[name] = series[-1]
         final["skipped"] = sum(self.history["skipped"])
         for name in self.hooks:
             if self.history["metrics"][name]:

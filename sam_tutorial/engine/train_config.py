@@ -62,9 +62,10 @@ def _set_by_config(name: str) -> set[str]:
     return out
 
 
-METRICS: tuple[str, ...] = ("trace_V", "sharpness")
-"""The built-in metrics, ``trace_V`` (:func:`sam_tutorial.sgn.variance.trace_V`) and ``sharpness``
-(:func:`sam_tutorial.curvature.sharpness.sam_sharpness` with ``sharpness_rho``), on the first
+METRICS: tuple[str, ...] = ("trace_V", "sharpness", "trace_H")
+"""The built-in metrics, ``trace_V`` (:func:`sam_tutorial.sgn.variance.trace_V`), ``sharpness``
+(:func:`sam_tutorial.curvature.sharpness.sam_sharpness` with ``sharpness_rho``) and ``trace_H``
+(:func:`sam_tutorial.curvature.hutchinson.hessian_trace`, 32 Rademacher probes), on the first
 ``metric_samples`` training samples."""
 
 

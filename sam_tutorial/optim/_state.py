@@ -89,6 +89,18 @@ def _check_state_tensor(pid: Any, key: str, v: Tensor, p: Tensor) -> None:
         )
 
 
+def without_cuda_capturable(base: torch.optim.Optimizer, sd: Mapping[str, Any]) -> dict[str, Any]:
+    """``sd`` with ``capturable=False`` in every group whose parameters here are not on CUDA: a checkpoint
+    written on a GPU by an earlier version (which saved the engine's ``capturable=True``) then resumes on
+    a CPU, with its step counters on the CPU as torch keeps them. ``sd`` itself is not changed."""
+    groups = []
+    for saved, cur in zip(sd["param_groups"], base.param_groups):
+        if saved.get("capturable") is True and not any(p.device.type == "cuda" for p in cur["params"]):
+            saved = {**saved, "capturable": False}
+        groups.append(saved)
+    return {**sd, "param_groups": groups}
+
+
 def check_group_values(param_groups: list[dict[str, Any]]) -> None:
     """Before a step (host-side, no kernels): a NaN setting, or an infinite learning rate, in a group.
 

@@ -99,7 +99,7 @@ PROBES = ("rademacher", "gaussian")
 SCORES = ("finite-difference", "exact", "norm")
 TRANSFORMS = ("abs", "square")
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
-"""E|zᵀg| / ‖g‖ for a Rademacher or Gaussian probe z in high dimension: the scale of ``score="norm"``."""
+"""The scale of ``score="norm"``, E|zᵀg| / ‖g‖ for a Rademacher or Gaussian probe z in high dimension."""
 
 
 _FORWARD_AD_ERRORS = ("RuntimeError", "NotImplementedError", "CheckpointError")
@@ -141,7 +141,7 @@ class RWSAM(PerturbedOptimizer):
             radius, not a per-coordinate step, so the default 0.01 is valid for any model size (the
             paper's δ and its scaling are UNCONFIRMED; book/sources.md).
             Unused with ``score="exact"`` or ``"norm"``.
-        score: one of :data:`SCORES`: ``"finite-difference"`` (default, the paper's: one extra forward
+        score: one of ``SCORES``: ``"finite-difference"`` (default, the paper's: one extra forward
             at w + δu), ``"exact"`` (zᵀ∇f_i by forward-mode AD inside pass 1; no δ, immune to low
             precision) or ``"norm"`` (√(2/π)‖∇f_i‖ from exact per-sample gradients; no probe).
         transform: ``"abs"`` for ``|zᵀ∇f_i|`` (default) or ``"square"`` for its square.

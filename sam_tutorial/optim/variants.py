@@ -90,11 +90,11 @@ class Variant:
                                  f"{self.cls.__name__} does not take")
 
     def make(self, model: nn.Module, base: Optimizer, **kwargs: Any) -> PerturbedOptimizer:
-        """The optimizer: ``cls(model, base, **kwargs)`` with :attr:`fixed` on top."""
+        """The optimizer: ``cls(model, base, **kwargs)`` with ``fixed`` on top."""
         return self.cls(model, base, **{**kwargs, **self.fixed})
 
     def label(self, suffix: str = "") -> str:
-        """``name`` or ``name-suffix`` (the label of one of :attr:`examples`)."""
+        """``name`` or ``name-suffix`` (the label of one of ``examples``)."""
         return f"{self.name}-{suffix}" if suffix else self.name
 
 

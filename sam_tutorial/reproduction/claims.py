@@ -64,8 +64,8 @@ _NO_EVIDENCE = ("underpowered", "not at this scale", "not attempted")
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the scoreboard: the claim it belongs to (a key of :data:`CLAIMS` or
-    :data:`TABLE_CELLS`), what it tests, where, at what scale, the measured value, status and source."""
+    """One line of the scoreboard: the claim it belongs to (a key of ``CLAIMS`` or
+    ``TABLE_CELLS``), what it tests, where, at what scale, the measured value, status and source."""
 
     claim: str
     statement: str

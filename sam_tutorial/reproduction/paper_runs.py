@@ -12,7 +12,6 @@ specifications, not retyped), and the cost of the full tables, extrapolated from
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -131,10 +130,12 @@ def assumed_settings() -> dict[str, set[str]]:
 def load_timings(folder: str | Path) -> dict[str, dict[str, Any]]:
     """The step-time files of ``tools/time_paper_models.py`` in ``folder`` (``paper-timing-*.json``),
     by device type (``cpu``, ``cuda``)."""
+    from sam_tutorial.engine.recorded import read_result
+
     out = {}
     for path in sorted(Path(folder).glob("paper-timing-*.json")):
-        data = json.loads(path.read_text())
-        if data.get("format") == "sam_tutorial.timing/1":
+        data = read_result(path)
+        if data["format"] == "sam_tutorial.timing/1":
             out[str(data["provenance"]["device"]).split(":")[0]] = data | {"path": str(path)}
     return out
 

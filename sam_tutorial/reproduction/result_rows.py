@@ -11,6 +11,7 @@ regime: no positive control).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping
 from pathlib import Path
@@ -161,13 +162,41 @@ def escape_rows(recorded: Any | None) -> list[Row]:
         rows.append(
             _row("C6", f"escape: tr V after the continuation, {text}", where, scale, c, f"{a} − {b}", src)
         )
+    rows += _law_rows(by_label, where, scale, src)
+    return rows
+
+
+def _law_rows(by_label: Mapping[str, dict[Any, float]], where: str, scale: str, src: str) -> list[Row]:
+    # the sqrt(c_m) penalty law: the drop of tr V below SGD, per seed, is sqrt(B / m) times SAM's (B = 128)
+    rows = []
+    sgd, sam = by_label.get("sgd", {}), by_label.get("sam", {})
+    for m in (32, 8):
+        small = by_label.get(f"m-sam-m{m}", {})
+        seeds = sorted(set(sgd) & set(sam) & set(small))
+        if not seeds:
+            continue
+        law = math.sqrt(128 / m)
+        excess = {s: (sgd[s] - small[s]) / (sgd[s] - sam[s]) - law for s in seeds}
+        c = compare(excess, dict.fromkeys(seeds, 0.0), 0, 0.25 * law)
+        rows.append(
+            _row(
+                "C6",
+                f"escape: the drop of tr V below SGD is √(128/m) = {law:g} times SAM's for m = {m} "
+                "(the √c_m law)",
+                where,
+                scale,
+                c,
+                "ratio − law",
+                src,
+            )
+        )
     return rows
 
 
 # ------------------------------------------------------------------------------------------- chapter 5
 def _study_arm(study: Mapping[str, Any], part: str, label: str, key: str) -> dict[Any, float]:
     return _by_seed(
-        [r for r in study.get(part, []) if r.get("label") == label and r["arm"].get("rho") in (0.05, None)],
+        [r for r in study.get(part, []) if r.get("arm") == label and r.get("rho") in (0.05, 0.0)],
         key,
     )
 
@@ -178,10 +207,14 @@ _RW_ARMS = {
 }
 
 
-def study_rows(study: Mapping[str, Any] | None, source: str = "results/ch5-rwsam-study.json") -> list[Row]:
+def study_rows(
+    study: Mapping[str, Any] | None, source: str = "results/rw-study-compare-paper.json"
+) -> list[Row]:
     """Chapter 5's recorded study (MLP on MNIST-1D, ρ = 0.05 for every arm, untuned): C11 (the tr V
     ordering of Table 6), the accuracy orderings of Table 1 (analogues), and RW-SAM ≈ m-SAM (C10's
-    accuracy half)."""
+    accuracy half). ``study`` maps each part (``compare``, ``lambda``, ``noise``) to the rows of its
+    recorded file (:meth:`sam_tutorial.engine.recorded.RecordedFile.rows`: tags ``arm``, ``rho`` beside
+    the final metrics)."""
     name, where, scale = Path(source).name, "ch. 5 §5", "MNIST-1D"
     if study is None:
         return [
@@ -207,7 +240,7 @@ def study_rows(study: Mapping[str, Any] | None, source: str = "results/ch5-rwsam
         _row("C11", "tr V(SGD) > tr V(SAM)", where, scale, cmp("sgd", "sam", "trace_V", +1), "Δtr V", name)
     ]
     m_arms = sorted(
-        {r["label"] for r in study.get("compare", []) if str(r.get("label", "")).startswith("m-sam-m")},
+        {r["arm"] for r in study.get("compare", []) if str(r.get("arm", "")).startswith("m-sam-m")},
         key=lambda s: -int(s.rsplit("m", 1)[-1]),
     )
     for arm, reading in _RW_ARMS.items():
@@ -270,13 +303,13 @@ def study_rows(study: Mapping[str, Any] | None, source: str = "results/ch5-rwsam
 def bench_rows(folder: str | Path) -> list[Row]:
     """C10 from the recorded benchmarks ``bench-*.json`` (step-time ratios): RW-SAM ≈ 7/6 of SAM on every
     device; m-SAM (m = 64) ≈ 2× SAM, a GPU statement (on a CPU: not at this scale)."""
-    from sam_tutorial.engine.storage import read_json
+    from sam_tutorial.engine.recorded import read_result
     from sam_tutorial.published import OVERHEAD_CLAIM
 
     rows = []
     m = int(OVERHEAD_CLAIM["m"])
     for path in sorted(Path(folder).glob("bench-*.json")):
-        bench = read_json(path)
+        bench = read_result(path)
         device = str(bench["device"]).split(":")[0].upper()
         scale = f"{device} ({bench['model']}, B = {bench['batch']})"
         ratios = bench.get("ratios", {})

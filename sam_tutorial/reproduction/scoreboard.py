@@ -162,13 +162,13 @@ def toy_rows(quick: bool = False, checks: Iterable[str] | None = None) -> list[R
 def scoreboard(results: str | Path, *, quick: bool = False, toy: bool = True) -> list[Row]:
     """Every row: toy checks (recomputed), chapters 4 and 5's recorded results, benchmarks, paper tables."""
     from sam_tutorial.engine.recorded import load_recorded
-    from sam_tutorial.engine.storage import read_json
     from sam_tutorial.reproduction import control_rows, result_rows, table_rows
 
     results = Path(results)
     loaded = load_recorded(results)
-    study_path = results / "ch5-rwsam-study.json"
-    study = read_json(study_path) if study_path.exists() else None
+    parts = {part: loaded.get(f"rw-study-{part}") for part in ("compare", "lambda", "noise")}
+    study = {part: f.rows() for part, f in parts.items() if f is not None} or None
+    study_path = results / "rw-study-compare-paper.json"
     rows = toy_rows(quick) if toy else []
     rows += result_rows.msharpness_rows(loaded.get("m-sharpness-cnn"))
     rows += result_rows.escape_rows(loaded.get("escape"))

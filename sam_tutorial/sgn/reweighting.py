@@ -8,13 +8,13 @@ over the simplex of :math:`\langle p,s\rangle+\mathbb H(p)/\lambda` (:func:`gibb
 ======================= ======================================================================
 ``"finite-difference"`` :math:`\|z\|\,|f_i(w+\delta u)-f_i(w)|/\delta\approx|z^\top\nabla f_i|` with
                         :math:`u=z/\|z\|`: one forward at distance ``delta`` :math:`=\delta` from
-                        :math:`w` (the probe radius, as in :class:`~sam_tutorial.optim.RWSAM`)
+                        :math:`w` (the probe radius, as in :class:`~sam_tutorial.optim.rwsam.RWSAM`)
 ``"exact"``             :math:`|z^\top\nabla f_i|` exactly, by forward-mode differentiation
 ``"norm"``              :math:`\sqrt{2/\pi}\,\|\nabla f_i\|`: the exact norms, scaled like the probes
 ======================= ======================================================================
 
 with :math:`z` Rademacher (entries ±1, so :math:`\|z\|=\sqrt d`). The first two names are RW-SAM's own
-``score`` values (:data:`sam_tutorial.optim.rwsam.SCORES`); ``"norm"`` is an oracle beyond the paper. Since
+``score`` values (``sam_tutorial.optim.rwsam.SCORES``); ``"norm"`` is an oracle beyond the paper. Since
 :math:`\mathbb E|z^\top g|\approx\sqrt{2/\pi}\,\|g\|` in high dimension, all three are on the same scale,
 independent of the model size d, and a given λ means the same in each (the scale of the package's
 RW-SAM with a probe of radius δ). The probe is shared by the batch, as in RW-SAM.
@@ -64,7 +64,7 @@ __all__ = [
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 SCORES: tuple[str, ...] = (*dict.fromkeys((*_RWSAM_SCORES, "norm")),)
-"""The per-sample scores (table above): RW-SAM's ``score`` values (finite difference, exact directional
+"""The per-sample scores of the table above, RW-SAM's ``score`` values (finite difference, exact directional
 derivative) and the exact norm."""
 
 _OLD_SCORES = {"fd": "finite-difference", "jvp": "exact"}

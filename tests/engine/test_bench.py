@@ -71,8 +71,13 @@ def test_best_msam_picks_the_faster_backend() -> None:
 
 
 def test_markdown_table_has_one_row_per_ratio(tmp_path) -> None:
-    (tmp_path / "bench-b.json").write_text(json.dumps(RESULT))
-    (tmp_path / "bench-a.json").write_text(json.dumps({**RESULT, "device": "cuda: y"}))
+    from sam_tutorial.engine.record import write_result_file
+    from sam_tutorial.engine.result_formats import BENCH_FORMAT
+
+    body = {**RESULT, "times": {"sgd": 1.0, "sam": 2.0}}
+    for name, device in (("bench-b.json", "cpu: x"), ("bench-a.json", "cuda: y")):
+        write_result_file(tmp_path / name, BENCH_FORMAT, {**body, "device": device},
+                          command="sam-tutorial bench", device=device, wall_seconds=1.0, commit="abc")
     found = bench.find_results(str(tmp_path))
     assert [r["device"] for r in found] == ["cuda: y", "cpu: x"]  # sorted by file name
     table = bench.markdown_table(found).splitlines()
@@ -80,3 +85,17 @@ def test_markdown_table_has_one_row_per_ratio(tmp_path) -> None:
     assert "| `m-sam-m16-vmap/sam` | 1.40 | 1.40 |" in table
     assert table[-1] == "| `trace_V / forward+backward` | 1.50 | 1.50 |"
     assert len(table) == 2 + 4 + 1
+
+
+def test_op_counts_record_every_variant_and_no_host_sync_with_or_without_a_scaler() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    factories = bench.variants(16, (4,), ("loop", "vmap"), (x, y))
+    ops = bench.op_counts(model, x, y, factories, warmup=2)
+    assert set(ops) == set(factories) | {"sam-scaler"}
+    assert all(c["syncs"] == 0 for c in ops.values()), {k: c["syncs"] for k, c in ops.items()}
+    # SAM is one more forward and backward than rho = 0; views and metadata are dispatched, no kernel
+    assert ops["sgd"]["kernels"] < ops["sam"]["kernels"] < ops["sam"]["dispatched"]
+    r = bench.op_ratios(ops)
+    assert r["m-sam-m4-vmap/sam"] == ops["m-sam-m4-vmap"]["kernels"] / ops["sam"]["kernels"]

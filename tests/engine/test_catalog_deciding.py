@@ -84,6 +84,9 @@ def test_rwsam_quick_runs_end_to_end_on_cifar_shaped_files(tmp_path: Path) -> No
     (record,) = result.records
     assert record["config"]["train"]["options"] == {"weighted_descent": True, "standardize": True}
     assert record["metrics"]["trace_V"] is not None and math.isfinite(record["metrics"]["test_loss"])
+    # fit's per-step metrics: the weights' effective batch per epoch, between 1 and the batch
+    (effective,) = record["history"]["step"]["effective_batch"]
+    assert 1.0 <= effective <= 128.0
 
 
 def test_escape_noise_and_nsam_quick_runs_on_cifar_shaped_files(tmp_path: Path) -> None:
@@ -95,5 +98,7 @@ def test_escape_noise_and_nsam_quick_runs_on_cifar_shaped_files(tmp_path: Path) 
     assert child["history"]["metrics"]["epoch"] == [0, 1]  # tr V at the switch and after
     noise = run_experiment("noise-resnet18-cifar10", labels=["rw-sam-uniform-meff64-noise80"], **kw)  # type: ignore[arg-type]
     assert "train_acc_clean" in noise.records[0]["history"]
+    step = noise.records[0]["history"]["step"]
+    assert 0.0 <= step["mislabelled_weight"][0] <= 1.0  # the weight the perturbation puts on wrong labels
     nsam = run_experiment("msweep-resnet18-cifar10", labels=["n-sam"], **kw)  # type: ignore[arg-type]
     assert nsam.records[0]["config"]["train"]["nsam_samples"] == 256

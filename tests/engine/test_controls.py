@@ -107,7 +107,7 @@ def test_a_quick_escape_run_is_recorded_with_its_curves_and_loads(tmp_path: Path
     # record() reads paper mode; a quick run checks the writer through the same path
     res = run_experiment("controls-escape", mode="quick", out=tmp_path / "runs", progress=False)
     assert not res.missing
-    from sam_tutorial.engine.recorded import records_from_results, write_recorded
+    from sam_tutorial.engine.record import records_from_results, write_recorded
 
     recs = records_from_results(res.records)
     for r, full in zip(recs, res.records):

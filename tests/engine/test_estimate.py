@@ -76,17 +76,21 @@ def test_reads_the_packaged_timing_files() -> None:
 
 
 def test_a_measured_file_wins_over_the_benchmark(tmp_path: Path) -> None:
-    path = tmp_path / "paper-timing-cuda.json"
-    path.write_text(json.dumps({"format": estimate.TIMING_FORMAT, "batches": [128],
-                                "models": {"resnet18": {"flops_per_image": 2.0,
-                                                        "seconds_per_step": {"128": {"sgd": 0.5}}}},
-                                "provenance": {"device": "cuda: test"}}))
-    (tmp_path / "bench-cuda.json").write_text(json.dumps(
-        {"device": "cuda: other", "model": "resnet18", "batch": 128, "times": {"sgd": 9.0, "sam": 1.5}}))
+    from sam_tutorial.engine.record import write_result_file
+    from sam_tutorial.engine.result_formats import BENCH_FORMAT
+
+    write_result_file(tmp_path / "paper-timing-cuda.json", estimate.TIMING_FORMAT,
+                      {"batches": [128], "models": {"resnet18": {"flops_per_image": 2.0,
+                                                                 "seconds_per_step": {"128": {"sgd": 0.5}}}}},
+                      command="python tools/paper_smoke.py", device="cuda: test", wall_seconds=1.0)
+    write_result_file(tmp_path / "bench-cuda.json", BENCH_FORMAT,
+                      {"device": "cuda: other", "model": "resnet18", "batch": 128,
+                       "times": {"sgd": 9.0, "sam": 1.5}},
+                      command="sam-tutorial bench", device="cuda: other", wall_seconds=1.0)
     best = estimate.device_step_times(tmp_path)
     # the smoke's own measurement wins; the benchmark fills what the smoke lacks
     assert best is not None and best.seconds["resnet18"] == {"sgd": 0.5, "sam": 1.5}
     assert best.device == "cuda: test"
-    with pytest.raises(ValueError, match="no step times"):
+    with pytest.raises(ValueError, match="is invalid: format"):  # neither a timing nor a benchmark file
         (tmp_path / "other.json").write_text("{}")
         estimate.read_step_times(tmp_path / "other.json")

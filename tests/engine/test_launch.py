@@ -4,6 +4,7 @@ a partly done experiment (engine/plan.py); the command line of both."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -15,7 +16,7 @@ from sam_tutorial.__main__ import main
 from sam_tutorial.engine import experiments, launch
 from sam_tutorial.engine.estimate import StepTimes, run_seconds
 from sam_tutorial.engine.plan import plan_experiment
-from sam_tutorial.engine.recorded import records_from_results, write_recorded
+from sam_tutorial.engine.record import records_from_results, write_recorded
 from sam_tutorial.engine.runs import DataSpec, Experiment, RunSpec, run_hash, run_one, run_path
 from sam_tutorial.engine.train_config import TrainConfig
 from tests.engine.helpers import write_fake_cifar
@@ -208,3 +209,52 @@ def test_one_run_on_two_processes_through_the_local_executor(tmp_path: Path, dat
     (record,) = done.result.records
     assert record["config"]["distributed"]["world_size"] == 2
     assert len(record["history"]["test_acc"]) == EPOCHS
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--timing", "missing.json"], "is not a file"),
+    (["--timing", "{bad}"], "holds no step times"),
+    (["--results", "{file}"], "is not a folder"),
+    (["--gpus-per-run", "0"], "--gpus-per-run"),
+])
+def test_plan_usage_errors_are_one_line(tmp_path: Path, argv: list[str], message: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    (tmp_path / "file.txt").write_text("not a folder")
+    argv = [a.replace("{bad}", str(tmp_path / "bad.json")).replace("{file}", str(tmp_path / "file.txt"))
+            for a in argv]
+    assert main(["plan", "smoke", "--mode", "quick", "--out", str(tmp_path / "runs"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1 and message in err
+
+
+class _FakeExecutor:
+    """Records what the detached Slurm path asks of an executor (no Slurm on the test machine)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.params: dict[str, object] = {}
+
+    def update_parameters(self, **params: object) -> None:
+        self.params |= params
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def submit(self, job: launch.RunJob) -> object:
+        handle = type("Job", (), {"job_id": f"{job.label}-{job.seed}"})()
+        self.calls.append((job.label, dict(self.params)))
+        return handle
+
+
+def test_detached_children_depend_on_their_parents_job() -> None:
+    executor = _FakeExecutor()
+    specs = {s.label: s for s in EXP.runs("quick")}
+    make = launch._maker(launch.RunJob, EXP, "quick", Path("runs"), "cpu", None)
+    waves = launch._waves(EXP.runs("quick"))
+    assert [[s.label for s in w] for w in waves] == [["sgd", "sam"], ["sam-next"]]
+    first = launch._submit(executor, make, [("sgd", 0), ("sam", 0)], False, {}, specs, {"account": "x"})
+    launch._submit(executor, make, [("sam-next", 0)], False, first, specs, {"account": "x"})
+    extra = {label: params.get("slurm_additional_parameters", {}) for label, params in executor.calls}
+    assert "dependency" not in extra["sgd"]  # a wave without parents goes as one job array
+    assert extra["sam-next"] == {"account": "x", "dependency": "afterok:sgd-0"}  # the user's kept

@@ -10,16 +10,9 @@ from pathlib import Path
 import pytest
 
 from sam_tutorial.engine import experiments
-from sam_tutorial.engine.recorded import (
-    RECORDED_FORMAT,
-    check_recorded,
-    expected_hash,
-    load_recorded,
-    main,
-    records_from_results,
-    write_recorded,
-)
-from sam_tutorial.engine.runs import versions
+from sam_tutorial.engine.provenance import versions
+from sam_tutorial.engine.record import main, records_from_results, write_recorded
+from sam_tutorial.engine.recorded import RECORDED_FORMAT, check_recorded, expected_hash, load_recorded
 
 EXP, MODE = "table1-resnet18-cifar10", "paper"
 
@@ -113,16 +106,19 @@ def test_torchrun_records_are_checked_with_their_world_size(tmp_path: Path) -> N
 def test_other_files_and_unknown_runs(tmp_path: Path) -> None:
     (tmp_path / "bench-cpu.json").write_text(json.dumps({"device": "cpu"}))
     (tmp_path / "broken.json").write_text("{not json")
-    assert load_recorded(tmp_path).loaded == [] and len(load_recorded(tmp_path).ignored) == 1  # broken only
-    assert len(load_recorded(tmp_path, include_other_formats=True).ignored) == 2
-    base = {"format": RECORDED_FORMAT, "experiment": EXP, "mode": MODE}
-    assert "not a run" in str(
-        check_recorded({**base, "records": [{"label": "adam", "seed": 0, "config_hash": "x"}]})
-    )
+    with pytest.warns(UserWarning, match="broken.json"):
+        assert load_recorded(tmp_path).loaded == [] and len(load_recorded(tmp_path).ignored) == 1  # broken
+    with pytest.warns(UserWarning, match="broken.json"):
+        assert len(load_recorded(tmp_path, include_other_formats=True).ignored) == 2
+    prov = {"command": "c", "commit": "x", "package": {"sam_tutorial": "0", "torch": "2"}, "device": "cpu",
+            "date": "d", "wall_seconds": None}
+    base = {"format": RECORDED_FORMAT, "experiment": EXP, "mode": MODE, "provenance": prov}
+    rec = {"label": "adam", "seed": 0, "config_hash": "x", "metrics": {}}
+    assert "not a run" in str(check_recorded({**base, "records": [rec]}))
     assert "unknown experiment" in str(
-        check_recorded({**base, "experiment": "nope", "records": [{"label": "sgd"}]})
+        check_recorded({**base, "experiment": "nope", "records": [{**rec, "label": "sgd"}]})
     )
-    assert check_recorded({**base, "records": []}) == "it holds no records"
+    assert "records: missing or empty" in str(check_recorded({**base, "records": []}))
 
 
 def test_records_from_results_keeps_what_a_recorded_file_needs() -> None:

@@ -115,3 +115,61 @@ def test_float16_gradscaler_sam_matches_float32_sam_direction() -> None:
     assert distance(a, b) < 0.1 * distance(b, c)
     for p, q in zip(a.parameters(), b.parameters()):  # the original element-wise bound, kept
         torch.testing.assert_close(p, q, atol=5e-3, rtol=0)
+
+
+def test_a_gradscaler_step_makes_no_host_synchronisation_after_the_first() -> None:
+    from sam_tutorial.engine.cost import count_ops
+
+    model = _model()
+    opt = SAM(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), rho=0.05,
+              scaler=torch.amp.GradScaler("cuda"))
+    x, y = _batch()
+    for _ in range(2):
+        opt.step(x, y, CE)
+    with torch.autocast("cuda", dtype=torch.float16):
+        assert count_ops(lambda: opt.step(x, y, CE)).syncs == 0
+
+
+def test_a_cuda_checkpoint_records_the_users_capturable_and_resumes_on_the_cpu() -> None:
+    model = _model()
+    opt = SAM(model, torch.optim.AdamW(model.parameters(), lr=1e-3), rho=0.05)
+    x, y = _batch()
+    opt.step(x, y, CE)
+    assert opt.param_groups[0]["capturable"] is True  # the engine's switch, for a device-side skip
+    sd = opt.state_dict()
+    assert all(g["capturable"] is False for g in sd["param_groups"])
+    cpu_model = _model().cpu()
+    cpu_opt = SAM(cpu_model, torch.optim.AdamW(cpu_model.parameters(), lr=1e-3), rho=0.05)
+    cpu_opt.load_state_dict({k: _to_cpu(v) for k, v in sd.items()})
+    assert not bool(cpu_opt.step(x.cpu(), y.cpu(), CE).skipped)
+
+
+def _to_cpu(x: object) -> object:
+    if isinstance(x, torch.Tensor):
+        return x.cpu()
+    if isinstance(x, dict):
+        return {k: _to_cpu(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_to_cpu(v) for v in x]
+    return x
+
+
+def test_auto_on_cuda_falls_back_to_the_loop_for_a_model_vmap_cannot_run() -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    from sam_tutorial.optim import MSAM
+
+    class Checkpointed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _model(bn=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net[2](checkpoint(lambda t: self.net[1](self.net[0](t)), x, use_reentrant=False))
+
+    model = Checkpointed()
+    opt = MSAM(model, torch.optim.SGD(model.parameters(), lr=0.1), rho=0.05, m=16)
+    x, y = _batch()
+    with pytest.warns(RuntimeWarning, match="vmap cannot run this model"):
+        assert not bool(opt.step(x, y, CE).skipped)
+    assert opt.resolved_backend(x.device) == "loop"

@@ -438,3 +438,22 @@ def test_a_scheduler_on_the_hand_loop_does_not_warn() -> None:
         CE(model(x), y).mean().backward()
         opt.second_step(zero_grad=True)
         scheduler.step()
+
+
+def test_a_checkpoint_saved_with_capturable_adam_resumes_on_the_cpu() -> None:
+    """What an earlier version wrote on a GPU (the engine's capturable=True) loads and steps on a CPU."""
+    model = mlp()
+    opt = SAM(model, torch.optim.AdamW(model.parameters(), lr=1e-3), rho=0.05)
+    x, y = batch()
+    opt.step(x, y, CE)
+    sd = copy.deepcopy(opt.state_dict())
+    for g in sd["param_groups"]:
+        g["capturable"] = True
+    fresh = copy.deepcopy(model)
+    resumed = SAM(fresh, torch.optim.AdamW(fresh.parameters(), lr=1e-3), rho=0.05)
+    resumed.load_state_dict(sd)
+    assert sd["param_groups"][0]["capturable"] is True  # the caller's dict is not changed
+    resumed.step(x, y, CE)
+    opt.step(x, y, CE)
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(p, q)

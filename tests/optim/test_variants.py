@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from sam_tutorial.engine.catalog import chapters  # noqa: F401  (registers the experiments)
 from sam_tutorial.engine.experiments import EXPERIMENTS
 from sam_tutorial.engine.train_config import OPTIMIZERS
 from sam_tutorial.optim.variants import VARIANTS, display_name, variant_of

@@ -35,7 +35,9 @@ def _timing() -> dict:
         "format": "sam_tutorial.timing/1",
         "batches": [4, 8],
         "models": {"resnet18": {"seconds_per_step": steps}},
-        "provenance": {"device": "cpu: x"},
+        "provenance": {"command": "python tools/time_paper_models.py", "commit": "abc", "device": "cpu: x",
+                       "package": {"sam_tutorial": "0.1.0", "torch": "2"}, "date": "2026-12-01",
+                       "wall_seconds": 1.0},
     }
 
 

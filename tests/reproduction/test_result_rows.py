@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from sam_tutorial.engine.record import write_result_file
 from sam_tutorial.engine.recorded import LoadedResults, RecordedFile, find_result, load_recorded
+from sam_tutorial.engine.result_formats import BENCH_FORMAT
 from sam_tutorial.reproduction import result_rows as rr
 from sam_tutorial.reproduction import table_rows as tr
 
@@ -15,8 +16,9 @@ def _study() -> dict:
     def rec(
         label: str, seed: int, trv: float, acc: float, rho: float | None = 0.05, noise: float = 0.0
     ) -> dict:
-        arm = {"opt": label} if rho is None else {"opt": label, "rho": rho}
-        return {"label": label, "arm": arm, "seed": seed, "trace_V": trv, "test_acc": acc, "noise": noise}
+        # a row of RecordedFile.rows(): the run's tags (arm, rho, noise) beside its final metrics
+        return {"label": f"{label}-rho{rho}", "arm": label, "rho": rho or 0.0, "seed": seed, "trace_V": trv,
+                "test_acc": acc, "noise": noise}
 
     compare = []
     for s in range(3):
@@ -121,13 +123,15 @@ def test_bench_rows(tmp_path: Path) -> None:
         "model": "resnet18",
         "batch": 128,
         "ratios": {"rw-sam/sam": 1.15, "m-sam-m64-loop/sam": 1.3},
+        "times": {"sgd": 1.0, "sam": 2.0},
     }
-    (tmp_path / "bench-cuda.json").write_text(json.dumps(bench))
+    write_result_file(tmp_path / "bench-cuda.json", BENCH_FORMAT, bench, command="sam-tutorial bench",
+                      device="cuda: X", wall_seconds=1.0, commit="abc")
     c10, overhead = rr.bench_rows(tmp_path)
     assert c10.status == "reproduced" and overhead.status == "contradicted" and c10.scale.startswith("CUDA")
-    (tmp_path / "bench-cuda.json").rename(tmp_path / "bench-cpu.json")
-    bench["device"] = "cpu"
-    (tmp_path / "bench-cpu.json").write_text(json.dumps(bench))
+    (tmp_path / "bench-cuda.json").unlink()
+    write_result_file(tmp_path / "bench-cpu.json", BENCH_FORMAT, {**bench, "device": "cpu"},
+                      command="sam-tutorial bench", device="cpu", wall_seconds=1.0, commit="abc")
     assert rr.bench_rows(tmp_path)[1].status == "not at this scale"  # a GPU statement, measured on a CPU
     assert rr.bench_rows(tmp_path / "none")[0].status == "not attempted"
 
@@ -138,7 +142,14 @@ def test_escape_rows_from_the_recorded_run() -> None:
     loaded = load_recorded(find_result("escape-standard.json").parent)
     rec = loaded.get("escape")
     rows = rr.escape_rows(rec)
-    assert len(rows) == 4 and {r.claim for r in rows} == {"C6"}
+    assert len(rows) == 6 and {r.claim for r in rows} == {"C6"}  # four orderings, two sqrt(c_m) law rows
+    law = next(r for r in rows if "m = 8 (the √c_m law)" in r.statement)
+    sgd, sam, m8 = (
+        {r["seed"]: r["metrics"]["trace_V"] for r in rec.records if r["label"] == lab}
+        for lab in ("sgd", "sam", "m-sam-m8")
+    )
+    ratios = [(sgd[s] - m8[s]) / (sgd[s] - sam[s]) - 4 for s in sgd]
+    assert f"{sum(ratios) / len(ratios):+.3g}" in law.measured
     nsam = next(r for r in rows if "n-SAM" in r.statement)
     tr_v = {lab: rec.values(lab, "trace_V") for lab in ("n-sam", "sgd")}
     d = sum(tr_v["n-sam"]) / len(tr_v["n-sam"]) - sum(tr_v["sgd"]) / len(tr_v["sgd"])

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from sam_tutorial import stats
-from sam_tutorial.engine.recorded import expected_hash, write_recorded
+from sam_tutorial.engine.record import write_recorded
+from sam_tutorial.engine.recorded import expected_hash
 from sam_tutorial.reproduction import scoreboard as sb
 
 

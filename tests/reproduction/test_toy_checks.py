@@ -26,8 +26,12 @@ from sam_tutorial.reproduction import toy_checks as tc
 def test_checks_pass(fn, kwargs) -> None:
     check = fn(**kwargs)
     assert check.passed, check.measured
-    numbers = [x for v in check.values.values() for x in (v if isinstance(v, list | tuple) else [v])
-               if isinstance(x, int | float) and not isinstance(x, bool)]
+    numbers = [
+        x
+        for v in check.values.values()
+        for x in (v if isinstance(v, list | tuple) else [v])
+        if isinstance(x, int | float) and not isinstance(x, bool)
+    ]
     assert numbers and all(math.isfinite(x) for x in numbers), check.values  # it measured something finite
 
 

@@ -33,7 +33,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sam_tutorial.engine.experiments import register
+from sam_tutorial.engine.catalog.registry import register
 from sam_tutorial.engine.runs import DataSpec, Experiment, RunSpec
 from sam_tutorial.engine.train_config import TrainConfig
 from sam_tutorial.stats import Decision, decide, mean_se, paired_differences
@@ -234,14 +234,14 @@ register(Experiment(
 def record(name: str, out: str | os.PathLike[str], to: str | os.PathLike[str], *, device: str,
            command: str) -> dict[str, Any]:
     """Write the finished ``paper``-mode runs of ``controls-noise`` or ``controls-escape`` as a recorded
-    file (:func:`sam_tutorial.engine.recorded.write_recorded`), the escape runs with their per-epoch
+    file (:func:`sam_tutorial.engine.record.write_recorded`), the escape runs with their per-epoch
     curves (:func:`curves_of`); runs not finished are named in the provenance's notes.
 
     Raises:
         ValueError: for another experiment, or if no run is finished.
     """
     from sam_tutorial.engine.experiments import load_results
-    from sam_tutorial.engine.recorded import records_from_results, write_recorded
+    from sam_tutorial.engine.record import records_from_results, write_recorded
 
     if name not in ("controls-noise", "controls-escape"):
         raise ValueError(f"name must be controls-noise or controls-escape, got {name!r}")

@@ -20,7 +20,7 @@ experiment                     the question it decides
 **λ on a scale-free footing.** RW-SAM's weights are ``softmax(λ s)`` over the batch's scores ``s``,
 so λ means nothing until the scores' scale is known, and that scale differs by orders of magnitude
 between an MNIST-1D MLP and a CIFAR ResNet (and by √P between the two probe scalings). The RW-SAM arms
-here use ``standardize=True`` (:class:`~sam_tutorial.optim.RWSAM`): the scores are standardised over the
+here use ``standardize=True`` (:class:`~sam_tutorial.optim.rwsam.RWSAM`): the scores are standardised over the
 batch before the softmax, and since the softmax ignores a shift, this is ``softmax((λ / std(s)) s)``:
 λ is measured **in units of the batch's score spread**. λ is then set by the effective batch it aims at
 (:func:`lam_for_effective_batch`): for standardised scores that are roughly Gaussian, the weights'
@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sam_tutorial.engine.catalog.paper import PAPER_MODELS, PAPER_NOTES, PAPER_SEEDS
-from sam_tutorial.engine.experiments import register
+from sam_tutorial.engine.catalog.registry import register
 from sam_tutorial.engine.runs import DataSpec, Experiment, RunSpec
 from sam_tutorial.engine.train_config import TrainConfig
 
@@ -60,7 +60,7 @@ M_VALUES = (64, 32, 16, 8)
 """m-SAM's micro-batch sizes (m = 128 is SAM)."""
 
 NSAM_SAMPLES = 1024
-"""n-SAM's perturbation: the gradient of the first 1024 training samples (8 batches; UNCONFIRMED)."""
+"""n-SAM's perturbation is the gradient of the first 1024 training samples (8 batches; UNCONFIRMED)."""
 
 RW_TARGET = 64
 """The effective batch the scale-free λ of the RW-SAM arms aims at (the paper compares with m-SAM(64))."""
@@ -170,9 +170,10 @@ def _noise(mode: str) -> list[RunSpec]:
 
 
 ESCAPE: dict[str, Any] = {"init_epochs": 100, "epochs": 50, "lr": 0.01, "init_lr": 0.05, "metric_every": 5}
-"""Escape protocol (Figs. 1-2; UNCONFIRMED): a poorly generalising minimum from SGD without augmentation
-or weight decay (``init_epochs``, cosine from ``init_lr``), then each optimizer for ``epochs`` at a
-constant ``lr``, still without augmentation or weight decay, tr V every ``metric_every`` epochs."""
+"""The escape protocol of Figs. 1-2 (UNCONFIRMED). A poorly generalising minimum from SGD without
+augmentation or weight decay (``init_epochs``, cosine from ``init_lr``), then each optimizer for
+``epochs`` at a constant ``lr``, still without augmentation or weight decay, tr V every
+``metric_every`` epochs."""
 
 
 def _escape(mode: str) -> list[RunSpec]:

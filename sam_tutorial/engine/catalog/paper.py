@@ -14,7 +14,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sam_tutorial.engine.experiments import register
+from sam_tutorial.engine.catalog.registry import register
 from sam_tutorial.engine.runs import (
     DataSpec,
     Experiment,
