@@ -8,7 +8,7 @@
     python -m sam_tutorial show m-sweep --mode standard  # the cached results as a table
     python -m sam_tutorial plan msweep-resnet18-cifar10 --mode paper --out runs   # runs, cache, GPU-hours
     python -m sam_tutorial run msweep-resnet18-cifar10 --mode paper --launcher submitit-slurm \
-        --out /shared/runs --launcher-option slurm_partition=gpu   # one cluster job per (run, seed)
+        --out $SCRATCH/runs --launcher-option slurm_partition=gpu   # one cluster job per (run, seed)
     python -m sam_tutorial bench --device cpu --json bench.json   # step-time ratios of the SAM family
     python -m sam_tutorial data cifar10                  # fetch, verify and unpack CIFAR-10 for paper mode
 

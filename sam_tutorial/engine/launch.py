@@ -4,9 +4,9 @@
 .. code-block:: text
 
     sam-tutorial run msweep-resnet18-cifar10 --mode paper --launcher submitit-slurm \\
-        --out /shared/runs --launcher-option slurm_partition=gpu --launcher-option timeout_min=720
+        --out $SCRATCH/runs --launcher-option slurm_partition=gpu --launcher-option timeout_min=720
     sam-tutorial run smoke --mode quick --launcher submitit-local --out runs   # local processes
-    sam-tutorial show msweep-resnet18-cifar10 --mode paper --out /shared/runs  # gather, any time
+    sam-tutorial show msweep-resnet18-cifar10 --mode paper --out $SCRATCH/runs  # gather, any time
 
 Nothing here schedules: submitit submits one job per (run, seed) not already cached (a Slurm job array),
 Slurm or the local executor runs them. Each job calls :func:`sam_tutorial.engine.runs.run_one`, so the
