@@ -254,7 +254,9 @@ def record(name: str, out: str | os.PathLike[str], to: str | os.PathLike[str], *
             rec["curves"] = curves_of(full)
     wall = sum(float(r["timing"].get("seconds_this_call") or 0.0) for r in res.records)
     missing = ", ".join(f"{label} (seed {seed})" for label, seed in res.missing)
-    notes = f"not finished within the CPU budget: {missing}" if missing else "every run finished"
+    total = len(res.records) + len(res.missing)
+    notes = (f"{len(res.records)} of the {total} (run, seed) pairs recorded; not run (CPU budget): {missing}"
+             if missing else "every run finished")
     return write_recorded(to, name, "paper", recs, command=command, device=device, wall_seconds=wall,
                           notes=notes)
 
