@@ -29,8 +29,8 @@ from sam_tutorial.engine.data import Dataset, data_root, load_dataset
 from sam_tutorial.engine.distributed import DistContext, shard
 from sam_tutorial.engine.experiments import load_results, run_experiment
 from sam_tutorial.engine.loader import BatchLoader
+from sam_tutorial.engine.measure import evaluate
 from sam_tutorial.engine.storage import DataFileError, ResultFileError, atomic_write
-from sam_tutorial.engine.train import evaluate
 from sam_tutorial.engine.train_config import TrainConfig
 from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM
 from sam_tutorial.sgn.batches import batch_distribution, batch_grad_moments

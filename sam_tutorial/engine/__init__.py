@@ -12,8 +12,9 @@ module                what it holds
 ``models``            MLP, 1-D CNN, ResNet-18/50, Wide ResNet (no torchvision)
 ``train_config``      :class:`~sam_tutorial.engine.train_config.TrainConfig` and the optimizer it builds
                       (its optimizer values read from the variant registry)
-``train``             :func:`~sam_tutorial.engine.train.fit`: the loop, evaluation, per-epoch and per-step
-                      metrics, checkpoints, resume
+``train``             :func:`~sam_tutorial.engine.train.fit`: the loop, checkpoints, resume, validation split
+``measure``           what ``fit`` measures: evaluation, per-epoch metrics (tr V, sharpness, tr H) and
+                      per-step metrics (RW-SAM's effective batch, weight on mislabelled samples, ‖ε‖)
 ``storage``           atomic JSON, checkpoints, locks, configuration hashes
 ``runs``              run specifications, the result cache, tables of results
 ``experiments``       ``run_experiment``, ``load_results``, ``get_experiment`` over the catalogue

@@ -213,7 +213,8 @@ class MSAM(PerturbedOptimizer):
                 # autograd.grad keeps the ascent gradient out of .grad, where the descent accumulates.
                 pairs = self._group_grads(torch.autograd.grad(scaled, params, allow_unused=True))
             gnorm = self._grad_norm(pairs=pairs)
-            finite = finite & torch.isfinite(loss) & torch.isfinite(gnorm)
+            if self.ddp:  # carried into the synchronised descent loss; _stats checks everything anyway
+                finite = finite & torch.isfinite(loss) & torch.isfinite(gnorm)
             self._save_buffers()
             self._perturb(self._perturbation_scale(gnorm), pairs=pairs)
             # DDP: gradients accumulate locally; the last micro-batch's backward all-reduces their sum

@@ -139,7 +139,8 @@ class RWSAM(PerturbedOptimizer):
         lam: inverse temperature λ >= 0 of the Gibbs weights (``0``: SAM).
         delta: the probe radius ‖w⁺ − w‖ of the finite difference, a finite number > 0. It is a
             radius, not a per-coordinate step, so the default 0.01 is valid for any model size (the
-            paper's δ·√d with δ = 0.01/√d). Unused with ``score="exact"`` or ``"norm"``.
+            paper's δ and its scaling are UNCONFIRMED; book/sources.md).
+            Unused with ``score="exact"`` or ``"norm"``.
         score: one of ``SCORES``: ``"finite-difference"`` (default, the paper's: one extra forward
             at w + δu), ``"exact"`` (zᵀ∇f_i by forward-mode AD inside pass 1; no δ, immune to low
             precision) or ``"norm"`` (√(2/π)‖∇f_i‖ from exact per-sample gradients; no probe).

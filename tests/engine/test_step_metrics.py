@@ -14,7 +14,8 @@ from torch import nn
 
 from sam_tutorial.engine.data import Dataset
 from sam_tutorial.engine.loader import BatchLoader
-from sam_tutorial.engine.train import STEP_METRICS, fit
+from sam_tutorial.engine.measure import STEP_METRICS
+from sam_tutorial.engine.train import fit
 from sam_tutorial.engine.train_config import TrainConfig, cross_entropy
 from sam_tutorial.optim import StepStats
 from tests.engine.helpers import toy_dataset

@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from sam_tutorial.engine.measure import evaluate
 from sam_tutorial.engine.storage import CheckpointError
-from sam_tutorial.engine.train import evaluate, fit
+from sam_tutorial.engine.train import fit
 from sam_tutorial.engine.train_config import TrainConfig, cross_entropy, make_optimizer
 from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM
 from tests.engine.helpers import image_dataset, tiny_convnet, toy_dataset
