@@ -304,9 +304,9 @@ class MSAM(PerturbedOptimizer):
             _update_running_stats(bns, out[1].detach().mean(0), out[2].detach().mean(0))
         total = means.sum() * self._scale if self._scale is not None else means.sum()
         flats = list(torch.autograd.grad(total, pass1))
-        sq = [torch.linalg.vector_norm(f, dim=1, dtype=torch.promote_types(f.dtype, torch.float32))
-              .square().to(ws[0].device) for f in flats]  # float32 at least, as _grad_norm
-        gnorms = sq[0].sqrt() if len(sq) == 1 else torch.stack(sq).sum(0).sqrt()
+        norms = [torch.linalg.vector_norm(f, dim=1, dtype=torch.promote_types(f.dtype, torch.float32))
+                 .to(ws[0].device) for f in flats]  # float32 at least, as _grad_norm
+        gnorms = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms), dim=0)
         scales = self._perturbation_scale(gnorms)
         pass2 = [torch.addcmul(w.unsqueeze(0), f, scales.to(f).unsqueeze(1)) for w, f in zip(ws, flats)]
         self.zero_grad()
