@@ -84,7 +84,7 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
     _experiment_name(parser)
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cpu, cuda, cuda:1 (default: $SAM_TUTORIAL_DEVICE or CUDA if "
-                             "available)")
+                             "available; with --launcher: cuda, the nodes' device)")
     parser.add_argument("--data-root", default=None,
                         help="data folder (default: $SAM_TUTORIAL_DATA or ~/.cache/sam_tutorial)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -109,7 +109,7 @@ def _launched(args: argparse.Namespace) -> int:
     # usage errors before anything is submitted
     seeds, out, data_root = _seeds(args), _out(args), _data_root(args)
     mode = args.mode or config.mode()
-    device = args.device or config.device().type
+    device = args.device or "cuda"  # the nodes' device, not this machine's (a login node may have none)
     options = launch.parse_options(args.launcher_option)
     config.check_int("--gpus-per-run", args.gpus_per_run)
     done = launch.launch(args.name, launcher=args.launcher, mode=mode, seeds=seeds, out=out, device=device,

@@ -254,9 +254,9 @@ def count_ops(step: Callable[[], Any]) -> OpCount:
     Independent of the device's speed and of machine load, so ratios of counts can be compared across
     machines; on a GPU each kernel-running operator is (about) one kernel launch.
 
-    >>> model = torch.nn.Linear(3, 2)
-    >>> count_ops(lambda: model(torch.ones(4, 3))).kernels
-    1
+    >>> model, x = torch.nn.Linear(3, 2), torch.ones(4, 3)
+    >>> count_ops(lambda: model(x))  # one addmm (its transposed weight is a view)
+    OpCount(kernels=1, dispatched=2, syncs=0)
     """
     with _Counter() as counter:
         step()

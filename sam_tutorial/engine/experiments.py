@@ -17,7 +17,7 @@ experiment          chapter  what it runs
 =================== ======== ==================================================================
 
 The catalogue (:mod:`sam_tutorial.engine.catalog`, one module per part of the book) registers them in
-:data:`EXPERIMENTS` (:mod:`sam_tutorial.engine.catalog.registry`) when this module is imported.
+``EXPERIMENTS`` (:mod:`sam_tutorial.engine.catalog.registry`) when this module is imported.
 The chapter experiments use MNIST-1D and the MLP 40-256-256-10 of the CPU-scale probes (SGD with
 momentum 0.9, weight decay 5e-4, cosine learning rate from 0.05, batch 128); ``paper`` mode runs
 them as ``standard`` does. The ``table*`` experiments need CIFAR in the data folder and a GPU:
@@ -91,7 +91,7 @@ def run_experiment(
     """Run (or load from the cache) every run of an experiment for every seed.
 
     Args:
-        name: an experiment name (see :data:`EXPERIMENTS`).
+        name: an experiment name (see ``registry.EXPERIMENTS``).
         mode: ``quick``, ``standard`` or ``paper`` (default: :func:`sam_tutorial.config.mode`).
         seeds: the seeds (default: the experiment's seeds for the mode).
         out: output folder (default: ``$SAM_TUTORIAL_RUNS`` or ``./runs``).

@@ -175,7 +175,8 @@ def launch(
         name: an experiment of the catalogue (``experiment`` given: its name, for messages).
         launcher: one of :data:`LAUNCHERS`.
         mode, seeds, out, data_root: as for :func:`sam_tutorial.engine.experiments.run_experiment`.
-        device: the device each job trains on.
+        device: the device each job trains on (default ``cuda``; checked on the nodes, so a login node
+            without a GPU can submit).
         options: submitit parameters (``timeout_min``, ``slurm_partition``, ``cpus_per_task`` ...).
         gpus_per_run: tasks (one GPU each) per run: more than one trains the run under DDP.
         wait: wait for every job, then gather the results (``False``: submit and return; Slurm only).
@@ -195,6 +196,7 @@ def launch(
     if not wait and LAUNCHERS[launcher] != "slurm":
         raise ValueError(f"not waiting needs submitit-slurm (the {launcher} jobs end with this process)")
     cfg.check_int("gpus_per_run", gpus_per_run)
+    on_gpu = _device_type(device) == "cuda"
     if experiment is None:
         exp, mode, chosen = _resolve(name, mode, seeds)
     else:
@@ -205,7 +207,7 @@ def launch(
     folder = root / ".submitit" / exp.name / mode
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=LAUNCHERS[launcher])
     params: dict[str, Any] = {"name": f"{exp.name}-{mode}", "tasks_per_node": gpus_per_run}
-    if cfg.check_device("device", device).type == "cuda" and LAUNCHERS[launcher] != "debug":
+    if on_gpu and LAUNCHERS[launcher] != "debug":
         params["gpus_per_node"] = gpus_per_run
     executor.update_parameters(**(params | dict(options or {})))
     status = _statuses(exp, mode, chosen, root, gpus_per_run)
@@ -249,6 +251,21 @@ def gather(exp: Experiment, mode: str, seeds: Iterable[int], out: str | os.PathL
             else:
                 missing.append((spec.label, seed))
     return ExperimentResult(exp, mode, records, missing)
+
+
+def _device_type(device: str) -> str:
+    """The type of the device the jobs train on (checked where they run, not on this machine, which may
+    be a login node without a GPU).
+
+    Raises:
+        ValueError: for a string that names no torch device.
+    """
+    import torch
+
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} names no torch device ({err}); e.g. cuda or cpu") from None
 
 
 def _statuses(

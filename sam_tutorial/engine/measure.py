@@ -28,8 +28,9 @@ STEP_METRICS: dict[str, str] = {
                           "for optimizers that report weights)",
     "mislabelled_share": "the share of the batch's samples whose label noise corrupted (with label noise)",
 }
-"""The built-in step metrics of :func:`fit`: name -> meaning. Each is averaged over the steps of an epoch
-into ``history["step"][name]``; a metric that does not apply to the run is absent."""
+"""The built-in step metrics of :func:`~sam_tutorial.engine.train.fit`, name -> meaning. Each is averaged
+over the steps of an epoch into ``history["step"][name]``; a metric that does not apply to the run is
+absent."""
 
 
 StepMetric = Callable[[StepStats, Tensor], Tensor]

@@ -84,7 +84,7 @@ def write_result_file(
 
     Raises:
         ValueError: if the content is invalid for ``fmt`` (or, for recorded runs, does not match the
-            catalogue now; see :func:`check_recorded`); nothing is written then.
+            catalogue now; see :func:`~sam_tutorial.engine.recorded.check_recorded`); nothing is written then.
     """
     from sam_tutorial.engine.storage import write_json
 
@@ -129,7 +129,7 @@ def write_recorded(
 
     Raises:
         ValueError: if a record is invalid or does not match the catalogue now (see
-            :func:`check_recorded`); nothing is written then.
+            :func:`~sam_tutorial.engine.recorded.check_recorded`); nothing is written then.
     """
     body = {"experiment": experiment, "mode": mode, "records": [dict(r) for r in records]}
     return write_result_file(path, RECORDED_FORMAT, body, command=command, device=device,

@@ -320,7 +320,7 @@ def read_result(name: str | os.PathLike[str], *, allow_stale: bool = False) -> d
 
 def packaged_results() -> Path:
     """The recorded results that ship with the package (``sam_tutorial/results/``, package data found
-    through :mod:`importlib.resources`), so that a chapter run on Colab or in an empty folder finds them."""
+    through ``importlib.resources``), so that a chapter run on Colab or in an empty folder finds them."""
     from importlib.resources import files
 
     return Path(str(files("sam_tutorial") / "results"))

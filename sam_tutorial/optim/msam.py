@@ -25,12 +25,15 @@ Backends (same arithmetic, equal to float64 round-off; ``StepStats.grad_norm`` a
   passes at w + e_j never touch them.
 * ``"vmap"``: ``torch.func.vmap`` over the k micro-batches, two batched passes. BatchNorm also
   normalises per micro-batch; the running statistics receive one update per step, with the mean of the
-  k micro-batch statistics (each micro-batch updates its own copy, the copies are averaged). Memory:
+  k micro-batch statistics (what k copies, each updated by one micro-batch, hold once averaged). Memory:
   k copies of the gradients and perturbed weights (``micro_batches_per_call`` bounds it). Dropout draws
   different masks per micro-batch. A batch that m does not divide, and any step under ``torch.autocast``
   (where functorch's batched backward fails on CUDA), runs on the loop backend.
-* ``"auto"``: ``"vmap"`` on CUDA, ``"loop"`` on the CPU (where the loop is faster for conv nets) and
-  under DistributedDataParallel.
+* ``"auto"``: ``"vmap"`` on CUDA, ``"loop"`` on the CPU (where the loop is faster for conv nets),
+  under DistributedDataParallel and for a ``torch.compile``d model (vmap would run it eagerly). A model
+  vmap cannot run (data-dependent control flow as in most Hugging Face models, activation
+  checkpointing) switches it to the loop for good, once, with a warning naming why
+  (``vmap_fallback_reason``); a forced ``"vmap"`` raises an error that names ``"loop"``.
 
 Under DistributedDataParallel (``scope="local"`` only) each rank runs m-SAM on its own part of the
 batch and DDP averages the result: exactly single-process m-SAM on the concatenated batch, with one
@@ -304,9 +307,9 @@ class MSAM(PerturbedOptimizer):
             _update_running_stats(bns, out[1].detach().mean(0), out[2].detach().mean(0))
         total = means.sum() * self._scale if self._scale is not None else means.sum()
         flats = list(torch.autograd.grad(total, pass1))
-        sq = [torch.linalg.vector_norm(f, dim=1, dtype=torch.promote_types(f.dtype, torch.float32))
-              .square().to(ws[0].device) for f in flats]  # float32 at least, as _grad_norm
-        gnorms = sq[0].sqrt() if len(sq) == 1 else torch.stack(sq).sum(0).sqrt()
+        norms = [torch.linalg.vector_norm(f, dim=1, dtype=torch.promote_types(f.dtype, torch.float32))
+                 .to(ws[0].device) for f in flats]  # float32 at least, as _grad_norm
+        gnorms = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms), dim=0)
         scales = self._perturbation_scale(gnorms)
         pass2 = [torch.addcmul(w.unsqueeze(0), f, scales.to(f).unsqueeze(1)) for w, f in zip(ws, flats)]
         self.zero_grad()

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 ACC_EFFECT = 0.005
-"""Minimal effect of an accuracy comparison: half a point (the power of a null result is computed for it)."""
+"""Minimal effect of an accuracy comparison, half a point (the power of a null result is computed for it)."""
 
 TRACE_EFFECT = 0.1
 """Minimal effect of a tr V comparison, as a fraction of the reference arm's mean tr V."""

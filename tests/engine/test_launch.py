@@ -181,6 +181,7 @@ def test_run_with_the_debug_launcher_from_the_command_line(
     (["--launcher", "submitit-local", "--launcher-option", "timeout_min"], "must be KEY=VALUE"),
     (["--launcher-option", "timeout_min=5"], "need --launcher"),
     (["--launcher", "submitit-local", "--gpus-per-run", "0"], "--gpus-per-run"),
+    (["--launcher", "submitit-local", "--device", "gpu0"], "names no torch device"),
 ])
 def test_launcher_usage_errors_are_one_line(tmp_path: Path, registered: object, argv: list[str], message: str,
                                             capsys: pytest.CaptureFixture[str]) -> None:

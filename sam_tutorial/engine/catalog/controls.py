@@ -4,20 +4,20 @@ Chapter 4 found the regime where a regulariser has work to do: a 1-D CNN on MNIS
 noisy label under SGD. Two experiments rerun there what had no positive control, at a scale a shared
 two-core CPU affords (smaller than ``m-sharpness-cnn``: :data:`N_TRAIN` samples instead of 2000; the same
 64-channel CNN, batch and 100 epochs), with the radii chosen on a validation split carved from the training
-set (``TrainConfig.val_fraction``: its last :data:`VAL_FRACTION`, with the labels it carries, noisy ones
+set (``TrainConfig.val_fraction``: its last ``VAL_FRACTION``, with the labels it carries, noisy ones
 included), never on the test set:
 
 ``controls-noise`` (the paper's Table 4 protocol, reduced): symmetric label noise
-:data:`NOISE` = 20/40/60/80 %; SGD (the positive control: its training accuracy on the noisy labels says
+``NOISE`` = 20/40/60/80 %; SGD (the positive control: its training accuracy on the noisy labels says
 whether it memorises), SAM, normalised m-SAM at m = 32 and m = 8, RW-SAM with uniform and with weighted
 descent. Every arm runs on its small grid (:data:`GRID`: two radii for SAM and m-SAM, scaled across m;
 RW-SAM at one radius over two λ, :data:`RW_LAMS`); the chapters pick each
 arm's setting by mean validation accuracy and report the test accuracy of that setting, paired by seed.
 
-``controls-escape`` (the paper's Figs. 1-2 protocol): SGD fits the noisy labels (:data:`ESCAPE_NOISE`)
+``controls-escape`` (the paper's Figs. 1-2 protocol): SGD fits the noisy labels (``ESCAPE_NOISE``)
 from scratch; every variant then continues from those weights at a constant learning rate with one
-radius :data:`ESCAPE_RHO` (as in the paper's figures, where only m changes), and test accuracy and tr V
-(on the first :data:`METRIC_SAMPLES` training samples) are recorded after every epoch. n-SAM's
+radius ``ESCAPE_RHO`` (as in the paper's figures, where only m changes), and test accuracy and tr V
+(on the first ``METRIC_SAMPLES`` training samples) are recorded after every epoch. n-SAM's
 perturbation is the gradient of the whole training set (``nsam_samples=None``), not a stand-in subset.
 
 ``paper`` mode is the recorded configuration (``results/controls-noise-paper.json``,
@@ -46,11 +46,11 @@ __all__ = [
 ]
 
 MIN_EFFECT = 0.02
-"""The smallest test-accuracy difference the controls treat as mattering: 2 points (the paper's SAM - SGD
+"""The smallest test-accuracy difference the controls treat as mattering, 2 points (the paper's SAM - SGD
 gap in its label-noise table is 2-3 points), the ``min_effect`` of :func:`sam_tutorial.stats.decide`."""
 
 N_TRAIN = 800
-"""The first 800 MNIST-1D training samples: 640 trained on, the last 160 the validation split."""
+"""The first 800 MNIST-1D training samples (640 trained on, the last 160 the validation split)."""
 
 VAL_FRACTION = 0.2
 CHANNELS = 64
@@ -72,15 +72,15 @@ GRID: dict[str, tuple[float, ...]] = {
     "rw-sam-uniform": (0.2,),
     "rw-sam-weighted": (0.2,),
 }
-"""Radii per arm: two, a factor 3 apart (what the CPU budget allowed; a two-point grid cannot show an
+"""Radii per arm, two of them a factor 3 apart (what the CPU budget allowed; a two-point grid cannot show an
 interior optimum). m-SAM's are SAM's times (m/B)^(1/4), half-way (in logarithm) between no scaling and
 the √m penalty law ρ√(c_m tr V): chapter 4's recorded optima at 30 % noise (SAM 0.2, m = 32 0.15,
 m = 8 0.1) lie between each pair. RW-SAM runs at SAM's geometric middle, 0.2, with λ from
 :data:`RW_LAMS` chosen on the validation split."""
 
 RW_LAMS: tuple[float, ...] = (0.1, 1.0)
-"""RW-SAM's inverse temperatures, a decade apart (chapter 5: on the MLP the weighted reading broke down
-from λ ≈ 0.3 to 1)."""
+"""RW-SAM's inverse temperatures, a decade apart (in chapter 5, on the MLP, the weighted reading broke
+down from λ ≈ 0.3 to 1)."""
 RW_DELTA = 0.01
 
 ESCAPE_NOISE = 0.4
@@ -271,13 +271,16 @@ class Choice:
     """An arm's setting at one noise level, chosen by mean validation accuracy over the seeds.
 
     Attributes:
-        arm, noise: which arm, which noise rate.
-        rho, lam: the chosen radius and (RW-SAM) inverse temperature.
+        arm: which arm.
+        noise: which noise rate.
+        rho: the chosen radius.
+        lam: the chosen inverse temperature (RW-SAM; ``None`` otherwise).
         val_acc: its mean validation accuracy (on the split's own, noisy, labels) over the seeds every
             setting has.
         edge: True if the choice lies at the edge of a grid of more than one point (radius or λ).
-        test_acc, train_acc, train_acc_clean: per seed, at the chosen setting (``train_acc`` is on the
-            labels trained on, noisy ones included: SGD's is the positive control).
+        test_acc: per seed, at the chosen setting.
+        train_acc: per seed, on the labels trained on, noisy ones included (SGD's is the positive control).
+        train_acc_clean: per seed, on the clean training labels.
     """
 
     arm: str

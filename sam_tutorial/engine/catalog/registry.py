@@ -1,4 +1,4 @@
-"""The registry of named experiments: :data:`EXPERIMENTS`, filled by the catalogue modules through
+"""The registry of named experiments, ``EXPERIMENTS``, filled by the catalogue modules through
 :func:`register` when :mod:`sam_tutorial.engine.catalog` is imported.
 
 It imports nothing of the catalogue, so the catalogue modules, :mod:`sam_tutorial.engine.experiments` and
@@ -17,7 +17,7 @@ EXPERIMENTS: dict[str, Experiment] = {}
 
 
 def register(exp: Experiment) -> Experiment:
-    """Add an experiment to :data:`EXPERIMENTS` (names are unique).
+    """Add an experiment to ``EXPERIMENTS`` (names are unique).
 
     Raises:
         ValueError: for a name already taken.

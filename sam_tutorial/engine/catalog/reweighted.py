@@ -4,7 +4,7 @@ SGD with momentum 0.9, weight decay 5e-4, cosine learning rate from 0.05, batch 
 :class:`~sam_tutorial.engine.train_config.TrainConfig` defaults); every run logs, per epoch, the step
 metrics of :data:`sam_tutorial.engine.measure.STEP_METRICS` (RW-SAM's effective batch 1/Σp², the weight on
 mislabelled samples, ‖ε‖). RW-SAM's scores are named by :data:`SCORE_LABELS`: ``fd`` the paper's finite
-difference (probe radius :data:`RW_DELTA`), ``exact`` the exact directional derivative |zᵀ∇f_i| by
+difference (probe radius :data:`RW_DELTA`), ``exact`` the exact directional derivative ``|zᵀ∇f_i|`` by
 forward-mode AD, ``norm`` the exact per-sample gradient norms √(2/π)‖∇f_i‖ (a diagnostic beyond the
 paper).
 
