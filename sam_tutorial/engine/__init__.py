@@ -15,6 +15,7 @@ module                what it holds
 ``train``             :func:`~sam_tutorial.engine.train.fit`: the loop, checkpoints, resume, validation split
 ``measure``           what ``fit`` measures: evaluation, per-epoch metrics (tr V, sharpness, tr H) and
                       per-step metrics (RW-SAM's effective batch, weight on mislabelled samples, ‖ε‖)
+``probe``             the recorded m-sweep's probe of a trained run (memorised, tr H, lambda_max, m-sharpness)
 ``storage``           atomic JSON, checkpoints, locks, configuration hashes
 ``runs``              run specifications, the result cache, tables of results
 ``experiments``       ``run_experiment``, ``load_results``, ``get_experiment`` over the catalogue
