@@ -38,7 +38,7 @@ all: test
 
 help:
 	@echo "make book       build the HTML book in _build/html (executes chapters in standard mode, cached)"
-	@echo "make test       ruff, import contracts, mypy, unit tests, notebooks in quick mode, a -W -n book build"
+	@echo "make test       ruff, import contracts, mypy, unit tests, notebooks (quick), colab-check, -W -n book build"
 	@echo "make browser-check  open every page of the built book in headless Chromium, offline; screenshots"
 	@echo "make bench      step-time ratios of the SAM family on this machine (JSON: BENCH_JSON=...)"
 	@echo "make gpu-check  gpu-marked tests + CUDA benchmark, <= 5 min (PY=python3 on a GPU machine)"
