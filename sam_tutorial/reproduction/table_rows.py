@@ -51,32 +51,13 @@ def paper_table_rows(loaded: Any) -> list[Row]:
             paper_gap = f"(paper {paper[i]:g} vs {paper[j]:g})"
             statement = f"{setting}: {_KEYS[key]} {a.upper()} {relation} {b.upper()} {paper_gap}"
             if rec is None:
-                rows.append(
-                    Row(
-                        claim,
-                        statement,
-                        "ch. 6 (CLI)",
-                        "CIFAR on GPU",
-                        "no recorded result",
-                        "not at this scale",
-                        f"results/{exp}-paper.json",
-                    )
-                )
+                source = f"results/{exp}-paper.json"
+                rows.append(_gpu_row(claim, statement, "no recorded result", "not at this scale", source))
                 continue
             scale_by = 100.0 if key == "test_acc" else 1.0
             va, vb = _seeded(rec, a + suffix, key), _seeded(rec, b + suffix, key)
             if not va or not vb:
-                rows.append(
-                    Row(
-                        claim,
-                        statement,
-                        "ch. 6 (CLI)",
-                        "CIFAR on GPU",
-                        "runs missing",
-                        "not attempted",
-                        rec.path.name,
-                    )
-                )
+                rows.append(_gpu_row(claim, statement, "runs missing", "not attempted", rec.path.name))
                 continue
             effect = (
                 abs(gap) / scale_by if sign else (0.1 / scale_by if key == "test_acc" else 0.1 * paper[j])
@@ -84,17 +65,7 @@ def paper_table_rows(loaded: Any) -> list[Row]:
             c = compare(va, vb, sign, effect)
             mean_a, mean_b = (statistics.fmean(v.values()) * scale_by for v in (va, vb))
             means = f"{mean_a:.4g} vs {mean_b:.4g}"
-            rows.append(
-                Row(
-                    claim,
-                    statement,
-                    "ch. 6 (CLI)",
-                    "CIFAR on GPU",
-                    f"{means}: {c.text(scale_by)}",
-                    c.status,
-                    rec.path.name,
-                )
-            )
+            rows.append(_gpu_row(claim, statement, f"{means}: {c.text(scale_by)}", c.status, rec.path.name))
     for setting in TABLE2:
         rows.append(
             Row(
@@ -108,6 +79,11 @@ def paper_table_rows(loaded: Any) -> list[Row]:
             )
         )
     return rows
+
+
+def _gpu_row(claim: str, statement: str, measured: str, status: str, source: str) -> Row:
+    """A row of a CIFAR table cell, checked from the command line on a GPU (chapter 6)."""
+    return Row(claim, statement, "ch. 6 (CLI)", "CIFAR on GPU", measured, status, source)
 
 
 def _seeded(rec: Any, label: str, key: str) -> dict[Any, float]:
