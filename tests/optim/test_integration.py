@@ -280,6 +280,21 @@ def test_after_an_exception_inside_a_scaled_step_the_next_step_runs() -> None:
         assert torch.equal(p, q)
 
 
+def test_a_grad_scaler_stepping_the_optimizer_itself_is_refused_and_the_weights_stay() -> None:
+    """A plain AMP loop's ``scaler.step(opt)`` calls ``opt.step()`` with no argument: the error names
+    that caller and the constructor's ``scaler=`` instead (the Lightning route is in test_frameworks)."""
+    model = mlp()
+    opt = SAM(model, sgd(model), rho=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    x, y = batch()
+    scaler.scale(CE(model(x), y).mean()).backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"called by GradScaler\.step\(opt\) without the batch.*scaler="):
+        scaler.step(opt)
+    for p, q in zip(model.parameters(), before):
+        assert torch.equal(p, q)
+
+
 def test_no_host_synchronisation_after_the_first_step_with_a_scaler() -> None:
     from sam_tutorial.engine.cost import count_ops
 
