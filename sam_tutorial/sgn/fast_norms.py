@@ -266,6 +266,15 @@ def per_sample_sq_norms(
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     batch = check_batch(inputs, targets)
     check_independent(model, loss_fn, inputs, targets, "per_sample_sq_norms")
+    return _sq_norms(model, loss_fn, inputs, targets)
+
+
+def _sq_norms(
+    model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], inputs: tuple[Tensor, ...], targets: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`per_sample_sq_norms` after its checks of the model and the batch (callers that split one
+    batch into chunks check the whole batch once, then call this per chunk)."""
+    batch = inputs[0].shape[0]
     records: list[tuple[nn.Module, Tensor, Tensor]] = []
 
     def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
