@@ -264,7 +264,7 @@ def per_sample_sq_norms(
             "LayerNorm; use the vmap route (sam_tutorial.sgn.per_sample.per_sample_grads) instead"
         )
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-    batch = check_batch(inputs, targets)
+    check_batch(inputs, targets)
     check_independent(model, loss_fn, inputs, targets, "per_sample_sq_norms")
     return _sq_norms(model, loss_fn, inputs, targets)
 
@@ -292,11 +292,6 @@ def _sq_norms(
         raise ValueError(
             f"loss_fn must return per-sample losses of shape [B]=[{batch}] (e.g. reduction='none'); "
             f"got shape {tuple(losses.shape)}"
-        )
-    if len({id(m) for m, _, _ in records}) != len(records):
-        raise ModuleReusedError(
-            "a module with parameters ran more than once in one forward pass; per-sample norms "
-            "need the vmap route (sam_tutorial.sgn.per_sample.per_sample_grads)"
         )
     params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
     _check_single_use(model, losses, params)
