@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
+from sam_tutorial import stats
 from sam_tutorial.config import check_nonneg, check_tensor
 from sam_tutorial.optim.rwsam import SCORES as _RWSAM_SCORES
 from sam_tutorial.optim.rwsam import gibbs_weights  # the weights RW-SAM itself uses (one definition)
@@ -148,14 +149,13 @@ def weight_share(p: Tensor, mask: Tensor) -> Tensor:
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman's rank correlation of two 1-d tensors (ties broken by order).
+    """Spearman's rank correlation of two 1-d tensors (ties get their average rank), as a 0-d float64
+    tensor: :func:`sam_tutorial.stats.spearman` on the tensors' values.
 
     Book: chapter 5, "The estimator"; paper: §5, the finite-difference estimator (claim C9).
     """
-    ra = a.argsort().argsort().double()
-    rb = b.argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return (ra * rb).sum() / (ra.norm() * rb.norm())
+    return torch.tensor(stats.spearman(a.detach().cpu().tolist(), b.detach().cpu().tolist()),
+                        dtype=torch.float64)
 
 
 def square_probe_variance(g: Tensor, kind: str = "rademacher") -> Tensor:
