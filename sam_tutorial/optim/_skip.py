@@ -153,6 +153,8 @@ class GuardedStep:
                 with torch.no_grad():
                     for g in self._groups:
                         g.restore()
+                if snapshot is not None:  # first step: drop the state it created (momentum buffers)
+                    snapshot.restore()
                 return torch.ones((), dtype=torch.bool, device=finite.device)
             return ~keep
         self._base_done = True

@@ -241,6 +241,23 @@ def test_a_nan_learning_rate_is_refused_before_the_step_and_a_nan_tensor_one_is_
     assert_unchanged(state, opt.base.state_dict()["state"])  # the momentum buffers too
 
 
+def test_a_first_step_skipped_for_a_nan_tensor_learning_rate_creates_no_state() -> None:
+    """The first step (decided on the host: the base has no state yet) skipped for a NaN tensor
+    learning rate leaves the base as it found it: no momentum buffers, and the next finite step equals
+    a fresh optimizer's first."""
+    model, reference = mlp(), mlp()
+    opt, ref = SAM(model, sgd(model), rho=0.05), SAM(reference, sgd(reference), rho=0.05)
+    x, y = batch()
+    opt.param_groups[0]["lr"] = torch.tensor(float("nan"), dtype=torch.float64)
+    assert bool(opt.step(x, y, CE).skipped)
+    assert len(opt.base.state) == 0
+    opt.param_groups[0]["lr"] = 0.1
+    opt.step(x, y, CE)
+    ref.step(x, y, CE)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(p, q)
+
+
 # ----------------------------------------------------------------------------- parameters outside the base
 FACTORIES = {
     "sam": lambda m, b, x, y: SAM(m, b, rho=0.1),
