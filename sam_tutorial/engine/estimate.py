@@ -53,6 +53,7 @@ __all__ = [
     "experiment_hours",
     "read_step_times",
     "run_seconds",
+    "step_line",
     "step_seconds",
     "timing_key",
 ]
@@ -234,19 +235,31 @@ def _timing_name(key: str) -> str:
     return names.get(key, key)
 
 
-def _at_batch(per_batch: Mapping[str, Mapping[str, float]], key: str) -> float:
-    """``key``'s time at :data:`BATCH` from a line through the smallest and largest batch measured
-    (per-step costs kept >= 0; where noise makes the line absurd, the larger batch's time per image)."""
+def step_line(per_batch: Mapping[str, Mapping[str, float]], key: str) -> tuple[float, float]:
+    """``(a, b)`` of the step time ``t = a + b * batch`` of ``key``, through the times measured at the
+    smallest and largest batch of ``per_batch`` (``{batch: {key: seconds}}``): ``a`` the per-step costs
+    (probe, parameter update), kept >= 0, ``b`` the cost per image; where noise makes the line absurd (or
+    one batch was measured), ``a = 0`` and ``b`` is the larger batch's time per image.
+
+    >>> step_line({"32": {"sgd": 0.625}, "8": {"sgd": 0.25}}, "sgd")
+    (0.125, 0.015625)
+    """
     sizes = sorted(per_batch, key=int)
     b0, b1 = int(sizes[0]), int(sizes[-1])
     t0, t1 = float(per_batch[sizes[0]][key]), float(per_batch[sizes[-1]][key])
     if b1 == b0:
-        return t0 / b0 * BATCH
+        return 0.0, t0 / b0
     slope = (t1 - t0) / (b1 - b0)
     intercept = t0 - slope * b0
     if intercept < 0 or slope <= 0:
-        return t1 / b1 * BATCH
-    return intercept + slope * BATCH
+        return 0.0, t1 / b1
+    return intercept, slope
+
+
+def _at_batch(per_batch: Mapping[str, Mapping[str, float]], key: str) -> float:
+    """``key``'s time at :data:`BATCH` on :func:`step_line`."""
+    a, b = step_line(per_batch, key)
+    return a + b * BATCH
 
 
 def device_step_times(

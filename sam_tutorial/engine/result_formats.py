@@ -67,6 +67,12 @@ def _provenance(data: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _strings(data: Mapping[str, Any], keys: tuple[str, ...]) -> list[str]:
+    """Problems of the fields ``keys`` of ``data`` that must be non-empty strings."""
+    return [f"{key}: {data.get(key)!r} is not a non-empty string" for key in keys
+            if not (isinstance(data.get(key), str) and data[key])]
+
+
 def _values(where: str, values: Any, *, positive: bool = False, nullable: bool = True) -> list[str]:
     """Problems of a mapping of name -> number (finite; accuracies in [0, 1]; > 0 if ``positive``)."""
     if not isinstance(values, Mapping):
@@ -118,8 +124,7 @@ def _record(i: int, rec: Any) -> list[str]:
 
 
 def _recorded(data: Mapping[str, Any]) -> list[str]:
-    out = [f"{key}: {data.get(key)!r} is not a non-empty string" for key in ("experiment", "mode")
-           if not (isinstance(data.get(key), str) and data[key])]
+    out = _strings(data, ("experiment", "mode"))
     records = data.get("records")
     if not isinstance(records, list) or not records:
         return [*out, "records: missing or empty (a non-empty list of runs)"]
@@ -138,8 +143,7 @@ def _recorded(data: Mapping[str, Any]) -> list[str]:
 
 
 def _bench(data: Mapping[str, Any]) -> list[str]:
-    out = [f"{key}: {data.get(key)!r} is not a non-empty string" for key in ("device", "model")
-           if not (isinstance(data.get(key), str) and data[key])]
+    out = _strings(data, ("device", "model"))
     times = data.get("times")
     if not isinstance(times, Mapping) or not times:
         return [*out, "times: missing or empty (seconds per step by variant)"]

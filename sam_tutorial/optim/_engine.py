@@ -96,6 +96,12 @@ class Engine(GuardedStep):
                 out.append(([p for p, _ in pairs], [d for _, d in pairs if d is not None]))
         return out
 
+    def _clear_grads(self) -> None:
+        """``.grad = None`` on the base optimizer's parameters between a step's passes. Not the public
+        ``zero_grad``: that also records the gradients for the accumulation check (a Python pass over
+        every parameter), which the step does once, when it ends."""
+        self.base.zero_grad(set_to_none=True)
+
     def _group_grads(self, grads: tuple[Tensor | None, ...]) -> GradPairs:
         """Group gradients given in ``_flat_params()`` order (e.g. from ``torch.autograd.grad``)."""
         out: GradPairs = []

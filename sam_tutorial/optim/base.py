@@ -427,7 +427,7 @@ class PerturbedOptimizer(Engine, Integration, torch.optim.Optimizer):
 
     def _plain_step(self, batch: Any, batch_size: int) -> StepStats:
         loss = self._losses(batch, batch_size).mean()
-        self.zero_grad()  # only once the call is known to be valid: a rejected call changes nothing
+        self._clear_grads()  # only once the call is known to be valid: a rejected call changes nothing
         self._backward(loss)
         gnorm = self._unscaled(self._grad_norm())
         skipped = self._base_step(torch.isfinite(loss) & torch.isfinite(gnorm), gnorm)

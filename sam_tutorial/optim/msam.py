@@ -224,7 +224,7 @@ class MSAM(PerturbedOptimizer):
             with self._no_sync() if j < len(starts) - 1 else nullcontext():
                 loss2 = self._losses(part, size).mean()
                 if j == 0:
-                    self.zero_grad()  # the descent gradients accumulate in .grad from here on
+                    self._clear_grads()  # the descent gradients accumulate in .grad from here on
                 self._backward(self._nan_unless(loss2, finite) * (size / batch_size))
             self._restore_weights()
             self._restore_buffers()
@@ -312,7 +312,7 @@ class MSAM(PerturbedOptimizer):
         gnorms = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms), dim=0)
         scales = self._perturbation_scale(gnorms)
         pass2 = [torch.addcmul(w.unsqueeze(0), f, scales.to(f).unsqueeze(1)) for w, f in zip(ws, flats)]
-        self.zero_grad()
+        self._clear_grads()
         self._shared.perturbed = True
         losses2 = batched(pass2)
         self._backward(losses2.mean())

@@ -137,7 +137,7 @@ class NSAM(PerturbedOptimizer):
             with nullcontext() if last_global else self._no_sync():
                 part = self._losses(chunk, stop - start).sum() / self.n
                 if start == 0:
-                    self.zero_grad()
+                    self._clear_grads()
                 if self.ddp:
                     self._backward(part)
                 else:  # pass 1 stays out of .grad (see PerturbedOptimizer._ascent_grads)
@@ -145,7 +145,7 @@ class NSAM(PerturbedOptimizer):
             total = total + part.detach()
         self._save_buffers()
         gnorm, enorm = self._ascend(pairs=pairs)
-        self.zero_grad()
+        self._clear_grads()
         loss2 = self._losses(batch, batch_size).mean()
         finite = torch.isfinite(total) & torch.isfinite(gnorm)
         self._backward(self._nan_unless(loss2, finite))

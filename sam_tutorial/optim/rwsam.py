@@ -420,7 +420,7 @@ class RWSAM(PerturbedOptimizer):
         with self._ascent_context():
             losses, scores = self._pass1_and_scores(batch, batch_size)
             self.last_scores = scores
-            self.zero_grad()
+            self._clear_grads()
             if self.scope == "global":
                 p, factor = self._global_weights(scores)
             else:
@@ -430,7 +430,7 @@ class RWSAM(PerturbedOptimizer):
                 pairs = self._ascent_grads((p.to(losses.dtype) * losses).sum() * factor)
         self._save_buffers()
         gnorm, enorm = self._ascend(pairs=pairs)
-        self.zero_grad()
+        self._clear_grads()
         losses2 = self._losses(batch, batch_size)
         loss2 = losses2.mean()
         loss = losses.detach().mean()

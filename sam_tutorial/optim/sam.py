@@ -164,11 +164,11 @@ class SAM(PerturbedOptimizer):
     def _perturbed_step(self, batch: Any, batch_size: int) -> StepStats:
         with self._ascent_context():
             loss = self._losses(batch, batch_size).mean()
-            self.zero_grad()
+            self._clear_grads()
             pairs = self._ascent_grads(loss)
         self._save_buffers()
         gnorm, enorm = self._ascend(pairs=pairs)
-        self.zero_grad()
+        self._clear_grads()
         loss2 = self._losses(batch, batch_size).mean()
         finite = torch.isfinite(loss) & torch.isfinite(gnorm)
         self._backward(self._nan_unless(loss2, finite))
@@ -193,7 +193,7 @@ class SAM(PerturbedOptimizer):
         outside = self._outside_params()
         with torch.enable_grad(), self._transaction(device):
             held = [p.grad for p in outside]
-            self.zero_grad()
+            self._clear_grads()
             with self._ascent_context() if self.rho else nullcontext():
                 loss = closure()
             self._check_closure_grads()
@@ -205,7 +205,7 @@ class SAM(PerturbedOptimizer):
                 p.grad = g
             self._save_buffers()
             gnorm, _ = self._ascend()
-            self.zero_grad()
+            self._clear_grads()
             loss2 = closure()
             self._check_closure_grads()
             self._restore_and_step(finite & torch.isfinite(gnorm) & self._finite(loss2))

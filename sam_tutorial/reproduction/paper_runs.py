@@ -142,18 +142,11 @@ def load_timings(folder: str | Path) -> dict[str, dict[str, Any]]:
 
 def step_fit(timing: Mapping[str, Any], model: str, optimizer: str) -> tuple[float, float]:
     """``(a, b)`` of ``t = a + b * batch`` through the step times measured at the smallest and largest batch
-    (``a``: per-step costs such as the probe and the parameter update, kept >= 0; ``b``: per image)."""
-    steps = timing["models"][model]["seconds_per_step"]
-    sizes = sorted(steps, key=int)
-    b0, b1 = int(sizes[0]), int(sizes[-1])
-    t0, t1 = float(steps[sizes[0]][optimizer]), float(steps[sizes[-1]][optimizer])
-    if b1 == b0:
-        return 0.0, t0 / b0
-    slope = (t1 - t0) / (b1 - b0)
-    intercept = t0 - slope * b0
-    if intercept < 0 or slope <= 0:  # noise: fall back to the larger batch's time per image
-        return 0.0, t1 / b1
-    return intercept, slope
+    (``a``: per-step costs such as the probe and the parameter update, kept >= 0; ``b``: per image):
+    :func:`sam_tutorial.engine.estimate.step_line` on the model's ``seconds_per_step``."""
+    from sam_tutorial.engine.estimate import step_line
+
+    return step_line(timing["models"][model]["seconds_per_step"], optimizer)
 
 
 def epoch_seconds(

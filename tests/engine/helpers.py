@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,22 @@ def tiny_convnet(classes: int = 3, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, classes))
+
+
+_SYNCING = ("item", "tolist", "__bool__", "__float__", "__int__", "__format__", "nonzero")
+
+
+def count_host_syncs(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Patch the tensor methods that wait for the device to count their calls in ``{"n": ...}`` (returned)."""
+    counts = {"n": 0}
+
+    def counting(fn: Callable[..., object]) -> Callable[..., object]:
+        def wrapper(*a: object, **k: object) -> object:
+            counts["n"] += 1
+            return fn(*a, **k)
+
+        return wrapper
+
+    for name in _SYNCING:
+        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+    return counts

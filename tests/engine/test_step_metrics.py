@@ -4,7 +4,6 @@ synchronisation per step, and each batch's indices are the rows it came from."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -18,7 +17,7 @@ from sam_tutorial.engine.measure import STEP_METRICS
 from sam_tutorial.engine.train import fit
 from sam_tutorial.engine.train_config import TrainConfig, cross_entropy
 from sam_tutorial.optim import StepStats
-from tests.engine.helpers import toy_dataset
+from tests.engine.helpers import count_host_syncs, toy_dataset
 
 RW = dict(optimizer="rw-sam", rho=0.1, lam=3.0, delta=1e-2)
 
@@ -75,17 +74,7 @@ def test_a_hook_may_not_take_a_built_in_name() -> None:
 
 
 def test_step_metrics_add_no_host_sync_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    counts = {"n": 0}
-
-    def counting(fn: Callable) -> Callable:
-        def wrapper(*a: object, **k: object) -> object:
-            counts["n"] += 1
-            return fn(*a, **k)
-
-        return wrapper
-
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__format__", "nonzero"):
-        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+    counts = count_host_syncs(monkeypatch)
 
     def syncs(n: int) -> int:
         counts["n"] = 0

@@ -18,7 +18,7 @@ from sam_tutorial.engine.storage import CheckpointError
 from sam_tutorial.engine.train import fit
 from sam_tutorial.engine.train_config import TrainConfig, cross_entropy, make_optimizer
 from sam_tutorial.optim import MSAM, NSAM, RWSAM, SAM
-from tests.engine.helpers import image_dataset, tiny_convnet, toy_dataset
+from tests.engine.helpers import count_host_syncs, image_dataset, tiny_convnet, toy_dataset
 
 
 def linear(seed: int = 0) -> nn.Module:
@@ -185,17 +185,7 @@ def test_label_noise_adds_clean_accuracy_and_eval_train_can_be_off() -> None:
 def test_host_syncs_do_not_grow_with_the_number_of_steps(
     monkeypatch: pytest.MonkeyPatch, kind: dict
 ) -> None:
-    counts = {"n": 0}
-
-    def counting(fn: Callable) -> Callable:
-        def wrapper(*a: object, **k: object) -> object:
-            counts["n"] += 1
-            return fn(*a, **k)
-
-        return wrapper
-
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__format__"):
-        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+    counts = count_host_syncs(monkeypatch)
 
     def syncs(n: int) -> int:
         data = toy_dataset(n=n)

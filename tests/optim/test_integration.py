@@ -107,6 +107,36 @@ def test_closure_steps_after_zero_grad_or_after_a_step_run() -> None:
     opt.step(_closure(model, x, y))
 
 
+def test_a_closure_step_after_a_step_that_raised_is_not_refused_as_accumulated() -> None:
+    """A step that raises puts the gradients back as they were: they are the last step's, not
+    gradients accumulated since, so the closure step that follows runs and equals the batch API's."""
+    model, reference = mlp(), mlp()
+    opt, ref = SAM(model, sgd(model), rho=0.05), SAM(reference, sgd(reference), rho=0.05)
+    x, y = batch()
+    calls = []
+
+    def fails_in_pass_2(out: Tensor, t: Tensor) -> Tensor:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return CE(out, t)
+
+    opt.step(x, y, CE)
+    ref.step(x, y, CE)
+    with pytest.raises(RuntimeError, match="boom"):
+        opt.step(x, y, fails_in_pass_2)
+
+    def closure() -> Tensor:
+        loss = CE(model(x), y).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    ref.step(x, y, CE)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+
+
 def test_the_perturbed_flag_is_set_only_during_the_pass_at_w_plus_e() -> None:
     model = mlp()
     opt = SAM(model, sgd(model), rho=0.05)
@@ -277,6 +307,21 @@ def test_after_an_exception_inside_a_scaled_step_the_next_step_runs() -> None:
     assert not bool(opt.step(x, y, CE).skipped)
     ref.step(x, y, CE)
     for p, q in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_grad_scaler_stepping_the_optimizer_itself_is_refused_and_the_weights_stay() -> None:
+    """A plain AMP loop's ``scaler.step(opt)`` calls ``opt.step()`` with no argument: the error names
+    that caller and the constructor's ``scaler=`` instead (the Lightning route is in test_frameworks)."""
+    model = mlp()
+    opt = SAM(model, sgd(model), rho=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    x, y = batch()
+    scaler.scale(CE(model(x), y).mean()).backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"called by GradScaler\.step\(opt\) without the batch.*scaler="):
+        scaler.step(opt)
+    for p, q in zip(model.parameters(), before):
         assert torch.equal(p, q)
 
 
