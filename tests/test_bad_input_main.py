@@ -13,13 +13,18 @@ from tests.engine.helpers import mnist1d_root
 from tests.engine.test_bad_input import _record_without, _smoke_path
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty output folder and a clean environment (no device, mode or torchrun variables)."""
+def clean_cli_env(monkeypatch: pytest.MonkeyPatch, data: Path) -> None:
+    """No device, mode or torchrun variables; the data folder ``data``."""
     for var in ("SAM_TUTORIAL_DEVICE", "SAM_TUTORIAL_MODE", "SAM_TUTORIAL_RUNS", "WORLD_SIZE", "RANK",
                 "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("SAM_TUTORIAL_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("SAM_TUTORIAL_DATA", str(data))
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty output folder and a clean environment (no device, mode or torchrun variables)."""
+    clean_cli_env(monkeypatch, tmp_path / "data")
     return tmp_path / "out"
 
 

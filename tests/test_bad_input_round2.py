@@ -42,6 +42,7 @@ from sam_tutorial.sgn.per_sample import per_sample_grads
 from sam_tutorial.sgn.reweighting import maximize_unrelaxed
 from sam_tutorial.sgn.variance import sgn_spectrum, sgn_trace, trace_V
 from tests.engine.test_bad_input import _record_without, _smoke_path
+from tests.test_bad_input_main import clean_cli_env
 
 CPU = torch.device("cpu")
 
@@ -337,10 +338,7 @@ def test_a_broken_mnist1d_cache_is_named(tmp_path: Path, mnist1d: Path, edit: Ca
 # ============================================================================ 4. the command line's funnel
 @pytest.fixture
 def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for var in ("SAM_TUTORIAL_DEVICE", "SAM_TUTORIAL_MODE", "SAM_TUTORIAL_RUNS", "WORLD_SIZE", "RANK",
-                "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("SAM_TUTORIAL_DATA", str(tmp_path / "data"))
+    clean_cli_env(monkeypatch, tmp_path / "data")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("keep")
     return tmp_path

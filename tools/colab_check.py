@@ -50,6 +50,14 @@ def _run(cmd: list[str], **kwargs) -> None:
     subprocess.run(cmd, check=True, **kwargs)
 
 
+def _ask(py: Path, code: str, **kwargs) -> str:
+    """What ``code`` prints when ``py`` runs it (stripped)."""
+    return subprocess.run([str(py), "-c", code], capture_output=True, text=True, **kwargs).stdout.strip()
+
+
+_PURELIB = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+
+
 def base_environment(folder: Path, torch_pin: str, python: str) -> Path:
     """The base venv in ``folder/venv`` and the wheelhouse in ``folder/wheels``, made unless their stamp
     says they hold this package list already. Returns the base's site-packages."""
@@ -66,22 +74,19 @@ def base_environment(folder: Path, torch_pin: str, python: str) -> Path:
         stamp.touch()
     py = venv / "bin" / "python"
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # and run outside the checkout:
-    found = subprocess.run([str(py), "-c", "import importlib.util as u; print(u.find_spec('sam_tutorial'))"],
-                           capture_output=True, text=True, check=True, cwd=folder, env=clean).stdout.strip()
+    found = _ask(py, "import importlib.util as u; print(u.find_spec('sam_tutorial'))", check=True, cwd=folder,
+                 env=clean)
     if found != "None":
         raise SystemExit(f"colab-check: the base environment {venv} has sam_tutorial ({found}); "
                          f"delete {folder} and run again")
-    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    return Path(purelib)
+    return Path(_ask(py, _PURELIB, check=True))
 
 
 def layered_environment(folder: Path, base_site: Path, python: str) -> Path:
     """A fresh venv in ``folder`` (no pip of its own) that sees the base's packages; returns its python."""
     _run([python, "-m", "venv", "--without-pip", str(folder)])
     py = folder / "bin" / "python"
-    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = _ask(py, _PURELIB, check=True)
     # an "import" line of a .pth file runs: addsitedir also processes the base's own .pth files
     (Path(site) / "_colab_base.pth").write_text(f"import site; site.addsitedir({str(base_site)!r})\n")
     return py
@@ -129,8 +134,7 @@ def check_chapter(notebook: Path, work: Path, base_site: Path, wheels: Path, mod
     result = run_notebook(notebook, work / "chapter", [str(py), "-m", "ipykernel_launcher"], env,
                           cell_timeout=cell_timeout, keep=out / notebook.name)
     if result.ok:  # the chapter must have used the package its bootstrap installed, not anything else
-        where = subprocess.run([str(py), "-c", "import sam_tutorial; print(sam_tutorial.__file__)"],
-                               capture_output=True, text=True, env=env, cwd=work / "chapter").stdout.strip()
+        where = _ask(py, "import sam_tutorial; print(sam_tutorial.__file__)", env=env, cwd=work / "chapter")
         if not where.startswith(str(work / "env")):
             result.ok, result.error = False, f"sam_tutorial was imported from {where or '?'}, not installed"
     return result

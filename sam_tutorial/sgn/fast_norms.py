@@ -264,8 +264,17 @@ def per_sample_sq_norms(
             "LayerNorm; use the vmap route (sam_tutorial.sgn.per_sample.per_sample_grads) instead"
         )
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-    batch = check_batch(inputs, targets)
+    check_batch(inputs, targets)
     check_independent(model, loss_fn, inputs, targets, "per_sample_sq_norms")
+    return _sq_norms(model, loss_fn, inputs, targets)
+
+
+def _sq_norms(
+    model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], inputs: tuple[Tensor, ...], targets: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`per_sample_sq_norms` after its checks of the model and the batch (callers that split one
+    batch into chunks check the whole batch once, then call this per chunk)."""
+    batch = inputs[0].shape[0]
     records: list[tuple[nn.Module, Tensor, Tensor]] = []
 
     def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
@@ -283,11 +292,6 @@ def per_sample_sq_norms(
         raise ValueError(
             f"loss_fn must return per-sample losses of shape [B]=[{batch}] (e.g. reduction='none'); "
             f"got shape {tuple(losses.shape)}"
-        )
-    if len({id(m) for m, _, _ in records}) != len(records):
-        raise ModuleReusedError(
-            "a module with parameters ran more than once in one forward pass; per-sample norms "
-            "need the vmap route (sam_tutorial.sgn.per_sample.per_sample_grads)"
         )
     params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
     _check_single_use(model, losses, params)

@@ -39,11 +39,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
-from sam_tutorial.config import check_nonneg, check_tensor
+from sam_tutorial import stats
+from sam_tutorial.config import check_nonneg
 from sam_tutorial.optim.rwsam import SCORES as _RWSAM_SCORES
 from sam_tutorial.optim.rwsam import gibbs_weights  # the weights RW-SAM itself uses (one definition)
 from sam_tutorial.sgn.fast_norms import per_sample_sq_norms, supports_fast_norms
 from sam_tutorial.sgn.per_sample import per_sample_grads
+from sam_tutorial.sgn.variance import _check_grads
 
 __all__ = [
     "SCORES",
@@ -119,9 +121,7 @@ def maximize_unrelaxed(grads: Tensor, lam: float, *, steps: int = 2000, lr: floa
     weights of the norms; otherwise the two differ, which is what RW-SAM's relaxation discards.
     """
     check_nonneg("lam", lam, positive=True)
-    check_tensor("grads", grads, floating=True, finite=True)
-    if grads.dim() != 2 or grads.shape[0] < 1:
-        raise ValueError(f"grads must have shape [n, P] with n >= 1, got {tuple(grads.shape)}")
+    _check_grads(grads)
     q = torch.full(grads.shape[:1], 1.0 / grads.shape[0], dtype=grads.dtype, device=grads.device)
     step = lr * min(1.0, lam)
     for _ in range(steps):
@@ -148,14 +148,13 @@ def weight_share(p: Tensor, mask: Tensor) -> Tensor:
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman's rank correlation of two 1-d tensors (ties broken by order).
+    """Spearman's rank correlation of two 1-d tensors (ties get their average rank), as a 0-d float64
+    tensor: :func:`sam_tutorial.stats.spearman` on the tensors' values.
 
     Book: chapter 5, "The estimator"; paper: §5, the finite-difference estimator (claim C9).
     """
-    ra = a.argsort().argsort().double()
-    rb = b.argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return (ra * rb).sum() / (ra.norm() * rb.norm())
+    return torch.tensor(stats.spearman(a.detach().cpu().tolist(), b.detach().cpu().tolist()),
+                        dtype=torch.float64)
 
 
 def square_probe_variance(g: Tensor, kind: str = "rademacher") -> Tensor:

@@ -34,7 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from sam_tutorial.config import Inputs, LossFn, as_tuple, check_batch, check_int, check_tensor
-from sam_tutorial.sgn.fast_norms import ModuleReusedError, per_sample_sq_norms, supports_fast_norms
+from sam_tutorial.sgn.fast_norms import ModuleReusedError, _sq_norms, supports_fast_norms
+from sam_tutorial.sgn.functional import check_independent
 from sam_tutorial.sgn.functional import eval_mode as _eval  # functions here take a keyword `eval_mode`
 from sam_tutorial.sgn.per_sample import _chunk_size, _grad_chunks
 
@@ -141,14 +142,13 @@ def _hook_moments(
     """Mean squared per-sample gradient norm and mean gradient, chunk by chunk, via hooks."""
     inputs = as_tuple(inputs)
     batch = check_batch(inputs, targets)
+    check_independent(model, loss_fn, inputs, targets, "per_sample_sq_norms")  # once, not per chunk
     step = batch if chunk_size is None else _chunk_size(chunk_size, batch, 1)
     sq_sum: Tensor | None = None
     grad_sum: Tensor | None = None
     for start in range(0, batch, step):
         stop = min(start + step, batch)
-        sq, mean_grad = per_sample_sq_norms(
-            model, loss_fn, tuple(t[start:stop] for t in inputs), targets[start:stop]
-        )
+        sq, mean_grad = _sq_norms(model, loss_fn, tuple(t[start:stop] for t in inputs), targets[start:stop])
         k = stop - start
         sq_sum = sq.sum() if sq_sum is None else sq_sum + sq.sum()
         grad_sum = mean_grad * k if grad_sum is None else grad_sum + mean_grad * k

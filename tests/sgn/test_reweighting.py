@@ -84,6 +84,9 @@ def test_spearman() -> None:
     assert float(spearman(a, a.exp())) == pytest.approx(1.0)
     assert float(spearman(a, -a)) == pytest.approx(-1.0)
     assert float(spearman(a, torch.tensor([2.0, 1.0, 3.0, 4.0]))) == pytest.approx(0.4)
+    # ties get their average rank: ranks (1.5, 1.5, 3) and (2, 1, 3) correlate 1.5 / sqrt(1.5 * 2)
+    assert float(spearman(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([2.0, 1.0, 3.0]))) == pytest.approx(
+        1.5 / math.sqrt(3.0))
 
 
 @pytest.fixture
