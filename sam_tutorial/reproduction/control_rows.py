@@ -11,6 +11,7 @@ from typing import Any
 
 from sam_tutorial import stats
 from sam_tutorial.reproduction.claims import Row
+from sam_tutorial.reproduction.result_rows import TRACE_EFFECT
 from sam_tutorial.reproduction.scoreboard import status_of
 
 __all__ = ["escape_rows", "noise_rows"]
@@ -90,7 +91,7 @@ def escape_rows(recorded: Any | None) -> list[Row]:
             continue
         if key == "trace_V":
             ref = ctl.escape_band(recs, b, key)[0][-3:]
-            effect = 0.1 * statistics.fmean(ref)
+            effect = TRACE_EFFECT * statistics.fmean(ref)
         else:
             effect = ctl.MIN_EFFECT
         d = ctl.escape_decision(recs, a, key, effect, ref=b)

@@ -10,6 +10,7 @@ import statistics
 from typing import Any
 
 from sam_tutorial.reproduction.claims import Row
+from sam_tutorial.reproduction.result_rows import TRACE_EFFECT
 from sam_tutorial.reproduction.scoreboard import compare
 
 __all__ = ["paper_table_rows"]
@@ -59,9 +60,8 @@ def paper_table_rows(loaded: Any) -> list[Row]:
             if not va or not vb:
                 rows.append(_gpu_row(claim, statement, "runs missing", "not attempted", rec.path.name))
                 continue
-            effect = (
-                abs(gap) / scale_by if sign else (0.1 / scale_by if key == "test_acc" else 0.1 * paper[j])
-            )
+            equal = 0.1 / scale_by if key == "test_acc" else TRACE_EFFECT * paper[j]
+            effect = abs(gap) / scale_by if sign else equal
             c = compare(va, vb, sign, effect)
             mean_a, mean_b = (statistics.fmean(v.values()) * scale_by for v in (va, vb))
             means = f"{mean_a:.4g} vs {mean_b:.4g}"

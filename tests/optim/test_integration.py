@@ -235,8 +235,10 @@ def test_a_nan_learning_rate_is_refused_before_the_step_and_a_nan_tensor_one_is_
     assert_unchanged(before, {k: v for k, v in everything(model, opt).items() if k != "state"})
     opt.param_groups[0]["lr"] = torch.tensor(float("nan"), dtype=torch.float64)
     weights = [p.detach().clone() for p in model.parameters()]
+    state = copy.deepcopy(opt.base.state_dict()["state"])
     assert bool(opt.step(x, y, CE).skipped)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), weights))
+    assert_unchanged(state, opt.base.state_dict()["state"])  # the momentum buffers too
 
 
 # ----------------------------------------------------------------------------- parameters outside the base
