@@ -30,7 +30,6 @@ import time
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from sam_tutorial.engine import estimate
 from sam_tutorial.engine.catalog import deciding
@@ -42,6 +41,9 @@ from sam_tutorial.engine.models import build_model
 from sam_tutorial.engine.record import write_result_file
 from sam_tutorial.engine.result_formats import TIMING_FORMAT
 from sam_tutorial.engine.train_config import TrainConfig, cross_entropy, make_optimizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from time_paper_models import flops_per_image  # noqa: E402  (one FLOP count for both timing tools)
 
 ALIASES = {f"m-sam-m{estimate.BATCH // 2}-loop": "m-sam-half-loop"}
 """Keys written twice, under the name chapter 6's older table reads too."""
@@ -101,15 +103,6 @@ def time_steps(model_name: str, options: dict[str, Any], train: TrainConfig, dat
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - start) / steps
-
-
-def flops_per_image(model: torch.nn.Module, device: torch.device) -> float:
-    """FLOPs of one forward and backward pass of one image (torch's flop counter, train mode)."""
-    x = torch.randn(2, 3, 32, 32, device=device)
-    with FlopCounterMode(display=False) as counter:
-        y = torch.zeros(2, dtype=torch.long, device=device)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-    return counter.get_total_flops() / 2
 
 
 def main(argv: list[str] | None = None) -> int:
